@@ -1,0 +1,49 @@
+# `make run` sets everything up and runs the main job on the embedded default;
+# `make test` runs the whole suite against real embedded services.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+AMEM := $(VENV)/bin/amem
+LOCOMO := ../shared/data/locomo-dev.json
+DATA ?= $(if $(wildcard $(LOCOMO)),$(LOCOMO),examples/sample-chat.jsonl)
+
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: install run test lint format bench down clean
+
+$(VENV)/.installed: pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch first, pinned: pip takes the CPU build from this machine's disk; any other
+	# version pulls a multi-GB CUDA build.
+	$(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(AMEM) up
+	$(AMEM) import $(DATA)
+	$(AMEM) status
+
+test: install
+	$(PY) -m pytest
+
+lint: install
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
+format: install
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: install
+	$(PY) bench/append.py
+
+down: install
+	$(AMEM) down
+
+clean: down
+	rm -rf .amem

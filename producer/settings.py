@@ -1,0 +1,23 @@
+"""Producer settings: frozen, keyword-only, built from the environment at entry points only."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from schemas.limits import Limits
+
+Durability = Literal["memory", "fsync"]
+DURABILITIES: tuple[Durability, ...] = ("memory", "fsync")
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class ProducerSettings:
+    partitions: int = 8
+    durability: Durability = "memory"
+    dedup_window_s: int = 24 * 3600
+    fsync_timeout_ms: int = 2000
+    script_batch: int = 256
+    """Entries sent in one script call by ``append_many``; bounds how long the server blocks."""
+    reconnect_retries: int = 8
+    limits: Limits = field(default_factory=Limits)

@@ -1,0 +1,73 @@
+"""Event types of the log. Version ``v`` is per type; decoding rejects versions it does not know."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import ClassVar, Final
+
+JSONValue = None | bool | int | float | str | list["JSONValue"] | dict[str, "JSONValue"]
+
+ROLES: Final = frozenset({"system", "user", "assistant", "tool"})
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Message:
+    """One conversation message, addressed by ``(tenant_id, session_id, id)``.
+
+    ``id`` is the idempotency key: appending the same id twice in a session appends once.
+    """
+
+    tenant_id: str
+    session_id: str
+    role: str
+    content: str
+    id: str = field(default_factory=new_id)
+    parent_id: str | None = None
+    agent_id: str | None = None
+    name: str | None = None
+    created_at: datetime = field(default_factory=utc_now)
+    metadata: Mapping[str, JSONValue] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MessageAppended:
+    TYPE: ClassVar[str] = "message.appended"
+    VERSION: ClassVar[int] = 1
+
+    message: Message
+    event_id: str = field(default_factory=new_id)
+    produced_at: datetime = field(default_factory=utc_now)
+
+    @property
+    def tenant_id(self) -> str:
+        return self.message.tenant_id
+
+    @property
+    def session_id(self) -> str:
+        return self.message.session_id
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionErased:
+    TYPE: ClassVar[str] = "session.erased"
+    VERSION: ClassVar[int] = 1
+
+    tenant_id: str
+    session_id: str
+    reason: str | None = None
+    event_id: str = field(default_factory=new_id)
+    produced_at: datetime = field(default_factory=utc_now)
+
+
+Event = MessageAppended | SessionErased

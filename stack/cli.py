@@ -1,0 +1,226 @@
+"""``amem``: the operator's and the agent builder's command line."""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, ParamSpec, TypeVar
+
+import orjson
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from producer import Durability, Producer
+from producer.importer import import_records, read_history
+from schemas.errors import AmemError, ConfigurationError, ValidationError
+from schemas.events import Message
+from schemas.validation import validate_message
+from stack import health
+from stack.embedded import control
+from stack.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+out = Console()
+err = Console(stderr=True)
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(orjson.dumps(value).decode() + "\n")
+
+
+def _one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
+    """Turn our typed errors into one line on stderr and a non-zero exit (2 = bad input)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return fn(*args, **kwargs)
+        except AmemError as exc:
+            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            bad_input = isinstance(exc, ValidationError | ConfigurationError)
+            raise typer.Exit(2 if bad_input else 1) from None
+
+    return wrapper
+
+
+@app.command()
+@_one_line_errors
+def up(json: JsonFlag = False) -> None:
+    """Start the embedded services under AMEM_HOME (harmless when they already run)."""
+    settings = Settings.from_env()
+    state = control.up(settings)
+    urls = {f"{name}_url": rec.url for name, rec in state.services.items()}
+    if json:
+        _print_json({"home": str(settings.home), **urls})
+        return
+    table = Table("service", "url", "pid", title=f"embedded stack in {settings.home}")
+    for name, rec in state.services.items():
+        table.add_row(name, rec.url, str(rec.pid))
+    out.print(table)
+    out.print(f"Other amem commands find these through AMEM_HOME={settings.home}.")
+
+
+@app.command()
+@_one_line_errors
+def down(json: JsonFlag = False) -> None:
+    """Stop the embedded services (also after the process that started them was killed)."""
+    stopped = control.down(Settings.from_env())
+    if json:
+        _print_json({"stopped": stopped})
+    else:
+        out.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+
+
+@app.command()
+@_one_line_errors
+def status(json: JsonFlag = False) -> None:
+    """Health of each service and the log's partitions; exits 1 when a service is down."""
+    settings = Settings.from_env()
+    checks = asyncio.run(health.check_all(settings))
+    log = None
+    if settings.redis_url is not None and checks[0].ok:
+        log = asyncio.run(health.log_status(settings.redis_url, settings.producer.partitions))
+    if json:
+        _print_json(
+            {
+                "home": str(settings.home),
+                "services": [c.as_json() for c in checks],
+                "log": None
+                if log is None
+                else {
+                    "partitions": log.partitions,
+                    "entries": log.entries,
+                    "total": sum(log.entries),
+                },
+            }
+        )
+    else:
+        table = Table("service", "ok", "detail", "ms", "url")
+        for c in checks:
+            ok = "[green]up[/]" if c.ok else "[red]down[/]"
+            table.add_row(c.name, ok, c.detail, str(c.latency_ms or ""), c.url or "")
+        out.print(table)
+        if log is not None:
+            parts = Table("partition", "entries", title=f"log: {log.partitions or 'no'} partitions")
+            for n, count in enumerate(log.entries):
+                parts.add_row(str(n), str(count))
+            parts.add_row("total", str(sum(log.entries)))
+            out.print(parts)
+    if not all(c.ok for c in checks):
+        raise typer.Exit(1)
+
+
+def _read_text(text: str) -> str:
+    if text != "-":
+        return text
+    try:
+        return sys.stdin.buffer.read().decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationError("content", f"is not valid UTF-8 ({exc.reason})") from None
+
+
+@app.command()
+@_one_line_errors
+def append(
+    text: Annotated[str, typer.Argument(help="The message content; - reads standard input.")],
+    tenant: Annotated[str, typer.Option(help="Tenant id.")],
+    session: Annotated[str, typer.Option(help="Session id.")],
+    role: Annotated[str, typer.Option(help="system, user, assistant or tool.")],
+    id: Annotated[str | None, typer.Option(help="Message id (idempotency key).")] = None,
+    parent: Annotated[str | None, typer.Option(help="Id of the message this replies to.")] = None,
+    name: Annotated[str | None, typer.Option(help="Tool or speaker name.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Agent id.")] = None,
+    durability: Annotated[
+        str | None, typer.Option(help="memory or fsync (default: AMEM_DURABILITY).")
+    ] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Append one message to the log; prints its stream id."""
+    settings = Settings.from_env()
+    fields: dict[str, Any] = {"parent_id": parent, "name": name, "agent_id": agent}
+    if id is not None:
+        fields["id"] = id
+    message = Message(
+        tenant_id=tenant, session_id=session, role=role, content=_read_text(text), **fields
+    )
+    validate_message(message, settings.producer.limits)
+    mode = _durability(durability)
+
+    async def run() -> Any:
+        async with Producer.from_url(settings.require_redis(), settings.producer) as producer:
+            return await producer.append(message, durability=mode)
+
+    result = asyncio.run(run())
+    if json:
+        _print_json(
+            {
+                "id": message.id,
+                "stream_id": result.stream_id,
+                "partition": result.partition,
+                "duplicate": result.duplicate,
+            }
+        )
+    else:
+        out.print(result.stream_id + (" (duplicate)" if result.duplicate else ""))
+
+
+def _durability(value: str | None) -> Durability | None:
+    if value is None or value == "memory":
+        return None if value is None else "memory"
+    if value == "fsync":
+        return "fsync"
+    raise ValidationError("durability", f"is {value!r}", "memory or fsync")
+
+
+@app.command("import")
+@_one_line_errors
+def import_(
+    path: Annotated[
+        Path, typer.Argument(exists=True, dir_okay=False, help="JSON, JSONL or LoCoMo.")
+    ],
+    tenant: Annotated[str, typer.Option(help="Tenant the history belongs to.")] = "default",
+    json: JsonFlag = False,
+) -> None:
+    """Import an existing history; importing the same file again appends nothing."""
+    settings = Settings.from_env()
+    records = read_history(path, tenant, settings.producer.limits)
+
+    async def run() -> Any:
+        async with Producer.from_url(settings.require_redis(), settings.producer) as producer:
+            with Progress(
+                "[progress.description]{task.description}",
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=err,
+                transient=json,
+            ) as progress:
+                task = progress.add_task(f"importing {path.name}", total=len(records))
+                return await import_records(
+                    producer, records, progress=lambda n: progress.advance(task, n)
+                )
+
+    report = asyncio.run(run())
+    if json:
+        _print_json(report.as_json())
+        return
+    for rejected in report.rejected:
+        err.print(f"rejected {rejected.source}: {rejected.reason}", highlight=False)
+    out.print(
+        f"appended {report.appended}, duplicates {report.duplicates}, "
+        f"rejected {len(report.rejected)} ({report.sessions} sessions)"
+    )
+
+
+if __name__ == "__main__":
+    app()

