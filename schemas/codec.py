@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -20,17 +20,13 @@ _EVENT_TYPES: dict[str, type[MessageAppended] | type[SessionErased]] = {
 }
 
 
-def _ts(value: datetime) -> str:
-    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
-
-
 def to_json_dict(event: Event) -> dict[str, Any]:
-    """The envelope as plain JSON types, in the documented field order."""
+    """The envelope in the documented field order; timestamps stay ``datetime``."""
     envelope: dict[str, Any] = {
         "type": event.TYPE,
         "v": event.VERSION,
         "event_id": event.event_id,
-        "produced_at": _ts(event.produced_at),
+        "produced_at": event.produced_at,
         "tenant_id": event.tenant_id,
         "session_id": event.session_id,
     }
@@ -42,7 +38,7 @@ def to_json_dict(event: Event) -> dict[str, Any]:
             value = getattr(message, name)
             if value is not None:
                 payload[name] = value
-        payload["created_at"] = _ts(message.created_at)
+        payload["created_at"] = message.created_at
         if message.metadata:
             payload["metadata"] = message.metadata
     else:
@@ -52,7 +48,8 @@ def to_json_dict(event: Event) -> dict[str, Any]:
 
 
 def encode(event: Event) -> bytes:
-    return orjson.dumps(to_json_dict(event))
+    # orjson writes aware datetimes as RFC 3339 itself, UTC as ``Z``: far cheaper than isoformat.
+    return orjson.dumps(to_json_dict(event), option=orjson.OPT_UTC_Z)
 
 
 def _field(obj: Mapping[str, Any], name: str, kind: type, prefix: str = "") -> Any:

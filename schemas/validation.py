@@ -51,8 +51,13 @@ def validate_content(value: object, limits: Limits = DEFAULT_LIMITS, field: str 
     return value
 
 
-def _check_tree(value: object, limits: Limits) -> None:
+_FLAT_TYPES = frozenset({str, int, bool, type(None)})
+
+
+def _check_tree(value: dict[str, object], limits: Limits) -> None:
     """Depth and value checks orjson would not make (it writes NaN as null)."""
+    if all(type(child) in _FLAT_TYPES for child in value.values()):
+        return  # the common case: one flat object, nothing to walk
     stack: list[tuple[object, int]] = [(value, 1)]
     while stack:
         node, depth = stack.pop()

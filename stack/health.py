@@ -53,8 +53,8 @@ async def _mongo(url: str) -> str:
         url, serverSelectionTimeoutMS=int(TIMEOUT_S * 1000)
     )
     try:
-        info = await client.server_info()
-        return f"mongodb wire {info.get('version', '?')}"
+        hello = await client.admin.command("hello")
+        return f"mongodb wire v{hello.get('maxWireVersion', '?')}"
     finally:
         await client.close()
 

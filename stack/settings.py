@@ -32,7 +32,7 @@ class Settings:
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         env = os.environ if env is None else env
-        home = Path(env.get("AMEM_HOME", ".amem")).expanduser().absolute()
+        home = Path(env.get("AMEM_HOME") or ".amem").expanduser().absolute()
         running = StackState.load(home).urls()
         raw_durability = env.get("AMEM_DURABILITY", "memory")
         if raw_durability not in DURABILITIES:

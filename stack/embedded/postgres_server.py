@@ -15,6 +15,12 @@ from pathlib import Path
 from stack.embedded.process import StackError, is_alive
 from stack.embedded.state import ServiceRecord
 
+with warnings.catch_warnings():
+    # pgserver warns on import when XDG_RUNTIME_DIR is unset (it then uses /tmp): harmless.
+    warnings.simplefilter("ignore")
+    from pgserver._commands import POSTGRES_BIN_PATH
+    from pgserver.postgres_server import get_server
+
 MARKER = "postgres"
 _SYSTEM_USER = "pgserver"  # pgserver's own choice when it runs as root
 
@@ -28,10 +34,6 @@ class EmbeddedPostgres:
     def start(self, previous: ServiceRecord | None) -> ServiceRecord:
         if previous is not None and self.is_running(previous):
             return previous
-        with warnings.catch_warnings():
-            # pgserver warns on import when XDG_RUNTIME_DIR is unset (it falls back to /tmp).
-            warnings.simplefilter("ignore")
-            from pgserver.postgres_server import get_server  # heavy: only when starting
         try:
             server = get_server(self.pgdata, cleanup_mode=None)
         except Exception as exc:  # pgserver raises bare CalledProcessError/AssertionError
@@ -41,8 +43,6 @@ class EmbeddedPostgres:
     def stop(self, record: ServiceRecord) -> None:
         if not self.is_running(record):
             return
-        from pgserver._commands import POSTGRES_BIN_PATH
-
         subprocess.run(
             [str(POSTGRES_BIN_PATH / "pg_ctl"), "-D", str(self.pgdata), "-w", "-m", "fast", "stop"],
             user=_SYSTEM_USER if os.geteuid() == 0 else None,
