@@ -24,6 +24,9 @@ def free_port(preferred: int = 0) -> int:
     """``preferred`` when it is free (keeps URLs stable across restarts), else any free port."""
     for candidate in (preferred, 0) if preferred else (0,):
         with socket.socket() as sock:
+            # As the servers do: connections of a killed server in TIME_WAIT keep no one
+            # from listening on its port again.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 sock.bind(("127.0.0.1", candidate))
             except OSError:

@@ -54,3 +54,25 @@ async def test_acknowledged_fsync_appends_survive_sigkill(tmp_path: Path, batche
         assert await _count(record.url, settings.partitions) == acknowledged
     finally:
         server.stop(record)
+
+
+async def test_a_producer_reconnects_after_the_log_server_restarts(tmp_path: Path) -> None:
+    server = EmbeddedRedis(tmp_path)
+    record = server.start(None)
+    try:
+        async with Producer.from_url(record.url) as producer:
+            first = await producer.append(
+                Message(tenant_id="t", session_id="s", role="user", content="a")
+            )
+            assert record.pid is not None
+            os.kill(record.pid, signal.SIGKILL)
+            await asyncio.sleep(0.1)
+            record = server.start(record)  # same port; empty script cache after the restart
+            second = await producer.append(
+                Message(tenant_id="t", session_id="s", role="user", content="b")
+            )
+        assert (first.duplicate, second.duplicate) == (False, False)
+        assert second.stream_id > first.stream_id
+        assert await _count(record.url, ProducerSettings().partitions) == 2
+    finally:
+        server.stop(record)

@@ -19,7 +19,7 @@ from producer import (
 from schemas.codec import decode
 from schemas.constants import ENTRY_FIELD, log_key
 from schemas.errors import ValidationError
-from schemas.events import Message, MessageAppended
+from schemas.events import Message, MessageAppended, SessionErased
 from schemas.partitioning import partition_for
 from stack.settings import Settings
 from tests.strategies import messages
@@ -163,3 +163,13 @@ def test_what_is_read_back_from_redis_is_what_was_appended(
     read_back = asyncio.run(run())
     key = lambda m: (m.tenant_id, m.session_id, m.id)  # noqa: E731
     assert sorted((e.message for e in read_back), key=key) == sorted(batch, key=key)
+
+
+async def test_session_erased_is_appended_once_per_event(
+    producer: Producer, redis_client: aioredis.Redis
+) -> None:
+    erase = SessionErased(tenant_id="t", session_id="s", reason="user request")
+    first, again = await producer.append_events([erase]), await producer.append_events([erase])
+    assert (first[0].duplicate, again[0].duplicate) == (False, True)
+    entries = await redis_client.xrange(log_key(first[0].partition)) or []
+    assert [decode(fields[ENTRY_FIELD.encode()]) for _, fields in entries if fields] == [erase]
