@@ -136,6 +136,7 @@ class Producer:
     async def append_events(
         self, events: Sequence[Event], *, durability: Durability | None = None
     ) -> list[AppendResult]:
+        """Append any events (``session.erased`` included), deduplicated per event kind."""
         limits = self.settings.limits
         for event in events:
             validate_event(event, limits)

@@ -5,10 +5,19 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from schemas.errors import ConfigurationError
 from schemas.limits import Limits
 
 Durability = Literal["memory", "fsync"]
 DURABILITIES: tuple[Durability, ...] = ("memory", "fsync")
+
+
+def parse_durability(value: str, source: str) -> Durability:
+    """``value`` as a :data:`Durability`; ``source`` names the setting or flag in the error."""
+    for durability in DURABILITIES:
+        if value == durability:
+            return durability
+    raise ConfigurationError(f"{source} is {value!r}; expected one of {', '.join(DURABILITIES)}")
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

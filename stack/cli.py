@@ -15,8 +15,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
-from producer import Durability, Producer
+from producer import Producer
 from producer.importer import import_records, read_history
+from producer.settings import parse_durability
 from schemas.errors import AmemError, ConfigurationError, ValidationError
 from schemas.events import Message
 from schemas.validation import validate_message
@@ -88,7 +89,7 @@ def status(json: JsonFlag = False) -> None:
     settings = Settings.from_env()
     checks = asyncio.run(health.check_all(settings))
     log = None
-    if settings.redis_url is not None and checks[0].ok:
+    if settings.redis_url is not None and next(c.ok for c in checks if c.name == "redis"):
         log = asyncio.run(health.log_status(settings.redis_url, settings.producer.partitions))
     if json:
         _print_json(
@@ -154,7 +155,7 @@ def append(
         tenant_id=tenant, session_id=session, role=role, content=_read_text(text), **fields
     )
     validate_message(message, settings.producer.limits)
-    mode = _durability(durability)
+    mode = None if durability is None else parse_durability(durability, "--durability")
 
     async def run() -> Any:
         async with Producer.from_url(settings.require_redis(), settings.producer) as producer:
@@ -172,14 +173,6 @@ def append(
         )
     else:
         out.print(result.stream_id + (" (duplicate)" if result.duplicate else ""))
-
-
-def _durability(value: str | None) -> Durability | None:
-    if value is None or value == "memory":
-        return None if value is None else "memory"
-    if value == "fsync":
-        return "fsync"
-    raise ValidationError("durability", f"is {value!r}", "memory or fsync")
 
 
 @app.command("import")

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from producer.settings import DURABILITIES, Durability, ProducerSettings
+from producer.settings import ProducerSettings, parse_durability
 from schemas.errors import ConfigurationError
 from schemas.limits import Limits
 from stack.embedded.state import StackState
@@ -34,12 +34,6 @@ class Settings:
         env = os.environ if env is None else env
         home = Path(env.get("AMEM_HOME") or ".amem").expanduser().absolute()
         running = StackState.load(home).urls()
-        raw_durability = env.get("AMEM_DURABILITY", "memory")
-        if raw_durability not in DURABILITIES:
-            raise ConfigurationError(
-                f"AMEM_DURABILITY is {raw_durability!r}; expected one of {', '.join(DURABILITIES)}"
-            )
-        durability: Durability = "fsync" if raw_durability == "fsync" else "memory"
         appendfsync = env.get("AMEM_REDIS_APPENDFSYNC", "everysec")
         if appendfsync not in APPENDFSYNC_POLICIES:
             raise ConfigurationError(
@@ -54,7 +48,7 @@ class Settings:
         )
         producer = ProducerSettings(
             partitions=_int(env, "AMEM_PARTITIONS", 8),
-            durability=durability,
+            durability=parse_durability(env.get("AMEM_DURABILITY", "memory"), "AMEM_DURABILITY"),
             dedup_window_s=_int(env, "AMEM_DEDUP_WINDOW_S", 24 * 3600),
             fsync_timeout_ms=_int(env, "AMEM_FSYNC_TIMEOUT_MS", 2000),
             limits=limits,
