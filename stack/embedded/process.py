@@ -63,17 +63,26 @@ def is_alive(pid: int | None, marker: str) -> bool:
         return False
 
 
-def wait_for_port(port: int, *, pid: int, marker: str, timeout: float, log: Path) -> None:
+def has_exited(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+def wait_for_port(port: int, *, pid: int, name: str, timeout: float, log: Path) -> None:
+    # Not `is_alive`: redis-server rewrites its command line (process title) while it starts,
+    # so a marker check can miss a live child; the pid is ours and fresh, so exit is enough.
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not is_alive(pid, marker):
-            raise StackError(f"{marker} exited during start-up; see {log}")
+        if has_exited(pid):
+            raise StackError(f"{name} exited during start-up; see {log}")
         with socket.socket() as sock:
             sock.settimeout(0.2)
             if sock.connect_ex(("127.0.0.1", port)) == 0:
                 return
         time.sleep(0.02)
-    raise StackError(f"{marker} did not open port {port} within {timeout:.0f} s; see {log}")
+    raise StackError(f"{name} did not open port {port} within {timeout:.0f} s; see {log}")
 
 
 def terminate(pid: int, marker: str, *, timeout: float = 10.0) -> None:
@@ -116,7 +125,7 @@ class DetachedServer(ABC):
         port = free_port(self.port or (previous.port if previous else 0) or 0)
         log = self.dir / self.log_name
         pid = spawn(self.argv(port, log))
-        wait_for_port(port, pid=pid, marker=self.marker, timeout=self.start_timeout, log=log)
+        wait_for_port(port, pid=pid, name=self.name, timeout=self.start_timeout, log=log)
         return ServiceRecord(url=self.url(port), pid=pid, port=port)
 
     def stop(self, record: ServiceRecord) -> None:
