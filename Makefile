@@ -25,6 +25,9 @@ install: $(VENV)/.installed
 run: install
 	$(AMEM) up
 	$(AMEM) import $(DATA)
+	$(AMEM) project start
+	$(AMEM) project wait
+	$(AMEM) verify
 	$(AMEM) status
 
 test: install
@@ -41,8 +44,11 @@ format: install
 
 bench: install
 	$(PY) bench/append.py
+	$(PY) bench/enrichment.py
+	$(PY) bench/project.py
 
 down: install
+	$(AMEM) project stop
 	$(AMEM) down
 
 clean: down

@@ -33,3 +33,49 @@ def dedup_key(partition: int, kind: str, tenant_id: str, session_id: str, ident:
     """
     joined = DEDUP_SEPARATOR.join((kind, tenant_id, session_id, ident))
     return f"{KEY_PREFIX}:dedup:{{{partition}}}:{joined}"
+
+
+# Projectors. Each projector is one consumer group; its dead letters and the last error of
+# each failing entry live under its own name.
+GROUP_PREFIX = f"{KEY_PREFIX}:"
+ENRICHER = "enricher"
+"""Computes embedding, token count and entities once per message into the enriched stream."""
+
+
+def group_name(projector: str) -> str:
+    """Consumer group of one projector (the same name on every stream it reads)."""
+    return f"{GROUP_PREFIX}{projector}"
+
+
+def enriched_key(partition: int) -> str:
+    """Derived stream of partition ``N``: each log entry with its enrichment, in log order.
+
+    Same hash tag as the log partition, so the enricher can ``XADD`` here and ``XACK`` the
+    log entry in one transaction.
+    """
+    return f"{KEY_PREFIX}:enriched:{{{partition}}}"
+
+
+def dlq_key(projector: str) -> str:
+    """Dead-letter stream of one projector: the original entry, its stream and the reason."""
+    return f"{KEY_PREFIX}:dlq:{projector}"
+
+
+def errors_key(projector: str) -> str:
+    """Hash of the last apply error per pending entry (``<stream>|<id>``), read at reclaim."""
+    return f"{KEY_PREFIX}:errors:{projector}"
+
+
+def embedded_counter_key(partition: int) -> str:
+    """Messages of partition ``N`` the enricher embedded and stored, ever.
+
+    Incremented by the same script that appends the enriched entry, so it counts each
+    message once; a rebuild that reuses stored vectors leaves it unchanged.
+    """
+    return f"{KEY_PREFIX}:stats:embedded:{{{partition}}}"
+
+
+def digest_request_key(projector: str) -> str:
+    """List on which the worker running a projector answers digest requests (for ``verify``
+    of a store only that worker may open, such as Qdrant in local mode)."""
+    return f"{KEY_PREFIX}:rpc:digest:{projector}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from datetime import datetime
 
@@ -33,7 +34,15 @@ def validate_timestamp(field: str, value: object) -> datetime:
     return value
 
 
+_NO_NUL = "text without U+0000"
+# orjson writes U+0000 as the escape \u0000; an even run of backslashes before it is literal text.
+_ESCAPED_NUL = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
+
+
 def _utf8_size(field: str, value: str) -> int:
+    # Postgres text and jsonb cannot hold U+0000: refused here rather than dead-lettered later.
+    if "\x00" in value:
+        raise ValidationError(field, "contains a NUL character", _NO_NUL)
     try:
         return len(value.encode("utf-8"))
     except UnicodeEncodeError as exc:
@@ -79,9 +88,12 @@ def validate_metadata(value: object, limits: Limits = DEFAULT_LIMITS) -> Mapping
         raise ValidationError("metadata", f"must be a JSON object, got {type(value).__name__}")
     _check_tree(value, limits)
     try:
-        size = len(orjson.dumps(value))
+        dumped = orjson.dumps(value)
     except orjson.JSONEncodeError as exc:
         raise ValidationError("metadata", f"is not JSON-serialisable ({exc})") from None
+    if _ESCAPED_NUL.search(dumped):
+        raise ValidationError("metadata", "contains a NUL character", _NO_NUL)
+    size = len(dumped)
     if size > limits.max_metadata_bytes:
         raise ValidationError(
             "metadata", f"is {size} bytes as JSON", f"{limits.max_metadata_bytes} bytes"

@@ -3,66 +3,42 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, ParamSpec, TypeVar
+from typing import Annotated, Any
 
-import orjson
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
 from producer import Producer
 from producer.importer import import_records, read_history
 from producer.settings import parse_durability
-from schemas.errors import AmemError, ConfigurationError, ValidationError
+from schemas.errors import ValidationError
 from schemas.events import Message
 from schemas.validation import validate_message
-from stack import health
+from stack import health, worker_pool
+from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
+from stack.cli_project import dlq_app, project_app, verify
 from stack.embedded import control
+from stack.projections import select
 from stack.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
-out = Console()
-err = Console(stderr=True)
-
-P = ParamSpec("P")
-R = TypeVar("R")
-
-JsonFlag = Annotated[bool, typer.Option("--json", help="Print one JSON object.")]
-
-
-def _print_json(value: Any) -> None:
-    sys.stdout.write(orjson.dumps(value).decode() + "\n")
-
-
-def _one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
-    """Turn our typed errors into one line on stderr and a non-zero exit (2 = bad input)."""
-
-    @functools.wraps(fn)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        try:
-            return fn(*args, **kwargs)
-        except AmemError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
-            bad_input = isinstance(exc, ValidationError | ConfigurationError)
-            raise typer.Exit(2 if bad_input else 1) from None
-
-    return wrapper
+app.add_typer(project_app, name="project")
+app.add_typer(dlq_app, name="dlq")
+app.command()(verify)
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def up(json: JsonFlag = False) -> None:
     """Start the embedded services under AMEM_HOME (harmless when they already run)."""
     settings = Settings.from_env()
     state = control.up(settings)
     urls = {f"{name}_url": rec.url for name, rec in state.services.items()}
     if json:
-        _print_json({"home": str(settings.home), **urls})
+        print_json({"home": str(settings.home), **urls})
         return
     table = Table("service", "url", "pid", title=f"embedded stack in {settings.home}")
     for name, rec in state.services.items():
@@ -72,39 +48,32 @@ def up(json: JsonFlag = False) -> None:
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def down(json: JsonFlag = False) -> None:
     """Stop the embedded services (also after the process that started them was killed)."""
     stopped = control.down(Settings.from_env())
     if json:
-        _print_json({"stopped": stopped})
+        print_json({"stopped": stopped})
     else:
         out.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def status(json: JsonFlag = False) -> None:
     """Health of each service and the log's partitions; exits 1 when a service is down."""
     settings = Settings.from_env()
     checks = asyncio.run(health.check_all(settings))
-    log = None
+    log = projectors = None
     if settings.redis_url is not None and next(c.ok for c in checks if c.name == "redis"):
         log = asyncio.run(health.log_status(settings.redis_url, settings.producer.partitions))
-    if json:
-        _print_json(
-            {
-                "home": str(settings.home),
-                "services": [c.as_json() for c in checks],
-                "log": None
-                if log is None
-                else {
-                    "partitions": log.partitions,
-                    "entries": log.entries,
-                    "total": sum(log.entries),
-                },
-            }
+        projectors = asyncio.run(
+            health.projector_status(
+                settings.redis_url, select(settings), settings.runtime.partitions
+            )
         )
+    if json:
+        _status_json(settings, checks, log, projectors)
     else:
         table = Table("service", "ok", "detail", "ms", "url")
         for c in checks:
@@ -117,8 +86,67 @@ def status(json: JsonFlag = False) -> None:
                 parts.add_row(str(n), str(count))
             parts.add_row("total", str(sum(log.entries)))
             out.print(parts)
+        if projectors is not None:
+            _print_projectors(projectors, worker_pool.running(settings))
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
+
+
+def _status_json(
+    settings: Settings,
+    checks: list[health.Health],
+    log: health.LogStatus | None,
+    projectors: health.ProjectorStatus | None,
+) -> None:
+    print_json(
+        {
+            "home": str(settings.home),
+            "services": [c.as_json() for c in checks],
+            "log": None
+            if log is None
+            else {"partitions": log.partitions, "entries": log.entries, "total": sum(log.entries)},
+            "projectors": None
+            if projectors is None
+            else {
+                "workers": worker_pool.running(settings),
+                "embedded": projectors.embedded,
+                "dead_letters": projectors.dead_letters,
+                "groups": [
+                    {
+                        "projector": g.projector,
+                        "partition": g.partition,
+                        "stream": g.stream,
+                        "lag": g.lag,
+                        "pending": g.pending,
+                        "last_delivered": g.last_delivered,
+                    }
+                    for g in projectors.groups
+                ],
+            },
+        }
+    )
+
+
+def _print_projectors(status: health.ProjectorStatus, workers: list[int]) -> None:
+    running = f"{len(workers)} workers running" if workers else "no worker running"
+    title = f"projectors: {running}, {status.embedded} messages embedded"
+    table = Table("projector", "partition", "lag", "pending", "last delivered", "dlq", title=title)
+    shown: set[str] = set()
+    for g in status.groups:
+        # Partitions whose stream never had an entry say nothing; --json lists them all.
+        if not (g.lag or g.pending) and g.last_delivered in (None, "0-0"):
+            continue
+        first = g.projector not in shown
+        shown.add(g.projector)
+        table.add_row(
+            g.projector if first else "",
+            str(g.partition),
+            "?" if g.lag is None else str(g.lag),
+            str(g.pending),
+            g.last_delivered or "-",
+            str(status.dead_letters.get(g.projector, 0)) if first else "",
+        )
+    out.print(table)
 
 
 def _read_text(text: str) -> str:
@@ -131,7 +159,7 @@ def _read_text(text: str) -> str:
 
 
 @app.command()
-@_one_line_errors
+@one_line_errors
 def append(
     text: Annotated[str, typer.Argument(help="The message content; - reads standard input.")],
     tenant: Annotated[str, typer.Option(help="Tenant id.")],
@@ -163,7 +191,7 @@ def append(
 
     result = asyncio.run(run())
     if json:
-        _print_json(
+        print_json(
             {
                 "id": message.id,
                 "stream_id": result.stream_id,
@@ -176,7 +204,7 @@ def append(
 
 
 @app.command("import")
-@_one_line_errors
+@one_line_errors
 def import_(
     path: Annotated[
         Path, typer.Argument(exists=True, dir_okay=False, help="JSON, JSONL or LoCoMo.")
@@ -205,7 +233,7 @@ def import_(
 
     report = asyncio.run(run())
     if json:
-        _print_json(report.as_json())
+        print_json(report.as_json())
         return
     for rejected in report.rejected:
         err.print(f"rejected {rejected.source}: {rejected.reason}", highlight=False)

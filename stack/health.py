@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -12,7 +12,10 @@ import asyncpg
 import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 
+from projectors.enricher import embedded_total
+from projectors.lag import GroupState, dlq_size, group_states
 from schemas.constants import META_KEY, META_PARTITIONS_FIELD, log_key
+from stack.projections import reads_enriched
 from stack.settings import Settings
 
 TIMEOUT_S = 3.0
@@ -103,5 +106,23 @@ async def log_status(url: str, configured_partitions: int) -> LogStatus:
                 pipe.xlen(log_key(n))
             entries = [int(x) for x in await pipe.execute()]
         return LogStatus(partitions, entries)
+    finally:
+        await client.aclose()
+
+
+@dataclass(frozen=True, slots=True)
+class ProjectorStatus:
+    groups: list[GroupState]
+    dead_letters: dict[str, int]
+    embedded: int
+    """Messages the enricher has embedded, ever (a rebuild leaves it unchanged)."""
+
+
+async def projector_status(url: str, names: Sequence[str], partitions: int) -> ProjectorStatus:
+    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT_S)
+    try:
+        groups = await group_states(client, names, partitions, reads_enriched)
+        dead = {name: await dlq_size(client, name) for name in names}
+        return ProjectorStatus(groups, dead, await embedded_total(client, partitions))
     finally:
         await client.aclose()

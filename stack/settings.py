@@ -9,8 +9,10 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from producer.settings import ProducerSettings, parse_durability
+from projectors.settings import RuntimeSettings
 from schemas.errors import ConfigurationError
 from schemas.limits import Limits
 from stack.embedded.state import StackState
@@ -25,6 +27,22 @@ class Settings:
     postgres_url: str | None = None
     mongo_url: str | None = None
     producer: ProducerSettings = field(default_factory=ProducerSettings)
+    qdrant_url: str | None = None
+    """Qdrant server; unset: Qdrant local mode under ``$AMEM_HOME/qdrant`` (one owning process)."""
+    neo4j_url: str | None = None
+    """Neo4j for the graph projection; unset: FalkorDB inside the log's redis-server."""
+    neo4j_user: str = "neo4j"
+    neo4j_password: str | None = None
+    weaviate_url: str | None = None
+    """Weaviate; unset: no Weaviate projection."""
+    weaviate_api_key: str | None = None
+    projectors: tuple[str, ...] | None = None
+    embed_threads: int | None = None
+    """torch threads of the enricher (None: torch's default, every core)."""
+    metrics_port: int = 0
+    """Prometheus metrics of worker i on this port + i (0: none)."""
+    """Projectors to run (None: every one whose store is configured)."""
+    runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
     redis_appendfsync: str = "everysec"
     redis_port: int = 0
     mongo_port: int = 0
@@ -53,8 +71,29 @@ class Settings:
             fsync_timeout_ms=_int(env, "AMEM_FSYNC_TIMEOUT_MS", 2000),
             limits=limits,
         )
+        runtime = RuntimeSettings(
+            partitions=producer.partitions,
+            batch_size=_int(env, "AMEM_BATCH_SIZE", 256),
+            max_wait_ms=_int(env, "AMEM_MAX_WAIT_MS", 200),
+            reclaim_idle_ms=_int(env, "AMEM_RECLAIM_IDLE_MS", 30_000),
+            max_deliveries=_int(env, "AMEM_MAX_DELIVERIES", 5),
+            graceful_timeout_s=_int(env, "AMEM_GRACEFUL_TIMEOUT_S", 30),
+            limits=limits,
+        )
+        names = env.get("AMEM_PROJECTORS") or ""
+        neo4j_url, neo4j_user, neo4j_password = _credentials(env.get("AMEM_NEO4J_URL") or None)
         return cls(
             home=home,
+            qdrant_url=env.get("AMEM_QDRANT_URL") or None,
+            neo4j_url=neo4j_url,
+            neo4j_user=env.get("AMEM_NEO4J_USER") or neo4j_user or "neo4j",
+            neo4j_password=env.get("AMEM_NEO4J_PASSWORD") or neo4j_password,
+            weaviate_url=env.get("AMEM_WEAVIATE_URL") or None,
+            weaviate_api_key=env.get("AMEM_WEAVIATE_API_KEY") or None,
+            projectors=tuple(n.strip() for n in names.split(",") if n.strip()) or None,
+            embed_threads=_int(env, "AMEM_EMBED_THREADS", 0, minimum=0) or None,
+            metrics_port=_int(env, "AMEM_METRICS_PORT", 0, minimum=0),
+            runtime=runtime,
             redis_url=env.get("AMEM_REDIS_URL") or running.get("redis"),
             postgres_url=env.get("AMEM_POSTGRES_URL") or running.get("postgres"),
             mongo_url=env.get("AMEM_MONGO_URL") or running.get("mongo"),
@@ -64,12 +103,44 @@ class Settings:
             mongo_port=_int(env, "AMEM_MONGO_PORT", 0, minimum=0),
         )
 
+    @property
+    def qdrant_path(self) -> Path:
+        return self.home / "qdrant"
+
     def require_redis(self) -> str:
         if self.redis_url is None:
             raise ConfigurationError(
                 f"no log server: run `amem up` (AMEM_HOME={self.home}) or set AMEM_REDIS_URL"
             )
         return self.redis_url
+
+    def require_postgres(self) -> str:
+        if self.postgres_url is None:
+            raise ConfigurationError(
+                f"no Postgres: run `amem up` (AMEM_HOME={self.home}) or set AMEM_POSTGRES_URL"
+            )
+        return self.postgres_url
+
+    def require_mongo(self) -> str:
+        if self.mongo_url is None:
+            raise ConfigurationError(
+                f"no MongoDB: run `amem up` (AMEM_HOME={self.home}) or set AMEM_MONGO_URL"
+            )
+        return self.mongo_url
+
+
+def _credentials(url: str | None) -> tuple[str | None, str | None, str | None]:
+    """Split ``bolt://user:password@host`` into a URL the driver takes and the credentials."""
+    if url is None:
+        return None, None, None
+    parts = urlsplit(url)
+    if parts.username is None:
+        return url, None, None
+    host = parts.hostname or ""
+    netloc = f"{host}:{parts.port}" if parts.port else host
+    bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
+    password = unquote(parts.password) if parts.password is not None else None
+    return bare, unquote(parts.username), password
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:

@@ -16,7 +16,8 @@ aware_datetimes = st.datetimes(
         lambda tz: dt.replace(tzinfo=tz)
     )
 )
-text = st.text(st.characters(exclude_categories=["Cs"]), max_size=300)
+# No U+0000: Postgres cannot store it, so validation refuses it.
+text = st.text(st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=300)
 json_leaves: st.SearchStrategy[JSONValue] = st.one_of(
     st.none(),
     st.booleans(),

@@ -29,3 +29,6 @@ class EmbeddedMongo(DetachedServer):
 
     def url(self, port: int) -> str:
         return f"mongodb://127.0.0.1:{port}/?directConnection=true"
+
+    def wait_ready(self, port: int, log: Path) -> None:
+        """nx-27017 serves requests as soon as its port is open."""

@@ -36,6 +36,9 @@ class EmbeddedPostgres:
             return previous
         try:
             server = get_server(self.pgdata, cleanup_mode=None)
+            # A process that started the server before holds a cached handle, which
+            # get_server returns as is even if the server was stopped or killed since.
+            server.ensure_postgres_running()
         except Exception as exc:  # pgserver raises bare CalledProcessError/AssertionError
             raise StackError(f"postgres failed to start: {exc}; see {self.pgdata / 'log'}") from exc
         return ServiceRecord(url=server.get_uri(), pid=server.get_pid())

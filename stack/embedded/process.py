@@ -7,7 +7,7 @@ import signal
 import socket
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import psutil
@@ -36,18 +36,25 @@ def free_port(preferred: int = 0) -> int:
     raise StackError("no free TCP port on 127.0.0.1")
 
 
-def spawn(argv: Sequence[str]) -> int:
-    """Start a server in its own session with stdio on /dev/null; returns its pid.
+def spawn(
+    argv: Sequence[str], *, log: Path | None = None, env: Mapping[str, str] | None = None
+) -> int:
+    """Start a process in its own session, stdin on /dev/null; returns its pid.
 
-    A child that inherits our stdout keeps a caller's pipe open (``make run | tee`` would
-    hang), and its own session keeps it alive when the terminal or the caller goes away.
-    ``posix_spawn`` rather than ``Popen``: the server outlives us, there is nothing to wait on.
+    stdout and stderr go to ``log`` (appended) or /dev/null: a child that inherits our stdout
+    keeps a caller's pipe open (``make run | tee`` would hang), and its own session keeps it
+    alive when the terminal or the caller goes away. ``posix_spawn`` rather than ``Popen``:
+    the child outlives us, there is nothing to wait on.
     """
-    devnull = [
-        (os.POSIX_SPAWN_OPEN, fd, os.devnull, os.O_RDONLY if fd == 0 else os.O_WRONLY, 0)
-        for fd in (0, 1, 2)
+    out = os.devnull if log is None else str(log)
+    flags = os.O_WRONLY if log is None else os.O_WRONLY | os.O_CREAT | os.O_APPEND
+    actions = [
+        (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+        (os.POSIX_SPAWN_OPEN, 1, out, flags, 0o644),
+        (os.POSIX_SPAWN_DUP2, 1, 2),
     ]
-    return os.posix_spawn(argv[0], list(argv), os.environ, file_actions=devnull, setsid=True)
+    environ = os.environ if env is None else env
+    return os.posix_spawn(argv[0], list(argv), environ, file_actions=actions, setsid=True)
 
 
 def is_alive(pid: int | None, marker: str) -> bool:
@@ -126,7 +133,12 @@ class DetachedServer(ABC):
         log = self.dir / self.log_name
         pid = spawn(self.argv(port, log))
         wait_for_port(port, pid=pid, name=self.name, timeout=self.start_timeout, log=log)
+        self.wait_ready(port, log)
         return ServiceRecord(url=self.url(port), pid=pid, port=port)
+
+    @abstractmethod
+    def wait_ready(self, port: int, log: Path) -> None:
+        """Return once the server answers requests (an open port can come earlier)."""
 
     def stop(self, record: ServiceRecord) -> None:
         if record.pid is not None:

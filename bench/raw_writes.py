@@ -1,0 +1,185 @@
+"""The raw side of ``bench/project.py``: the same rows, the same client, none of the logic.
+
+Each writer takes the batches a projector applied and writes the rows the adapter builds
+from them into scratch tables, collections or graphs: a plain multi-row insert per batch,
+without tombstones, positions, upserts or acknowledgements. It returns the seconds taken.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import asyncpg
+from falkordb.asyncio import FalkorDB  # type: ignore[import-untyped]
+from pymongo import AsyncMongoClient
+from qdrant_client import AsyncQdrantClient, models
+
+from projectors.records import Record, split
+from projectors.stores.cypher import _message_row
+from projectors.stores.pgvector import _vector_literal
+from projectors.stores.postgres import MESSAGE_COLUMNS, message_columns
+from projectors.stores.qdrant import QdrantVectorStore
+from stack.settings import Settings
+
+Batches = Sequence[Sequence[Record]]
+RawWriter = Callable[[Settings, Batches], Awaitable[float]]
+
+
+def _messages(batches: Batches) -> list[list[Record]]:
+    return [split(batch)[0] for batch in batches]
+
+
+async def postgres(settings: Settings, batches: Batches) -> float:
+    """Messages and archive rows, one transaction of two multi-row INSERTs per batch."""
+    conn = await asyncpg.connect(settings.require_postgres())
+    try:
+        for table in ("messages", "archive"):
+            await conn.execute(f"DROP TABLE IF EXISTS bench_raw_{table}")
+            await conn.execute(f"CREATE TABLE bench_raw_{table} (LIKE amem_{table} INCLUDING ALL)")
+        started = time.perf_counter()
+        for batch in _messages(batches):
+            async with conn.transaction():
+                await conn.execute(
+                    f"""INSERT INTO bench_raw_messages ({MESSAGE_COLUMNS})
+                    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::int[],
+                        $5::bigint[], $6::bigint[], $7::text[], $8::text[], $9::text[],
+                        $10::text[], $11::text[], $12::timestamptz[], $13::jsonb[])""",
+                    *message_columns(batch),
+                )
+                await conn.execute(
+                    """INSERT INTO bench_raw_archive SELECT * FROM unnest($1::int[],
+                        $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
+                        $7::text[])""",
+                    [r.partition for r in batch],
+                    [r.position.ms for r in batch],
+                    [r.position.seq for r in batch],
+                    [r.event.tenant_id for r in batch],
+                    [r.event.session_id for r in batch],
+                    [r.event.TYPE for r in batch],
+                    [r.raw.decode() for r in batch],
+                )
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def pgvector(settings: Settings, batches: Batches) -> float:
+    conn = await asyncpg.connect(settings.require_postgres())
+    try:
+        await conn.execute("DROP TABLE IF EXISTS bench_raw_vectors")
+        await conn.execute("CREATE TABLE bench_raw_vectors (LIKE amem_vectors INCLUDING ALL)")
+        started = time.perf_counter()
+        for batch in _messages(batches):
+            rows: list[Any] = []
+            for r in batch:
+                e = r.enrichment
+                assert e is not None
+                m = r.message.message
+                rows.append(
+                    (
+                        m.tenant_id,
+                        m.session_id,
+                        m.id,
+                        r.position.ms,
+                        r.position.seq,
+                        r.content_hash,
+                        e.model,
+                        e.tokens,
+                        _vector_literal(e.vector),
+                    )
+                )
+            columns = [list(c) for c in zip(*rows, strict=True)]
+            await conn.execute(
+                """INSERT INTO bench_raw_vectors SELECT t, s, i, ms, seq, h, model, tok,
+                       v::vector
+                   FROM unnest($1::text[], $2::text[], $3::text[], $4::bigint[],
+                               $5::bigint[], $6::text[], $7::text[], $8::int[], $9::text[])
+                        AS x(t, s, i, ms, seq, h, model, tok, v)""",
+                *columns,
+            )
+        return time.perf_counter() - started
+    finally:
+        await conn.close()
+
+
+async def mongo(settings: Settings, batches: Batches) -> float:
+    """One document per message, ``insert_many`` per batch."""
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.require_mongo())
+    try:
+        collection = client["amem_bench"]["raw_messages"]
+        await collection.drop()
+        started = time.perf_counter()
+        for batch in _messages(batches):
+            docs = []
+            for r in batch:
+                m = r.message.message
+                docs.append(
+                    {
+                        "_id": f"{m.tenant_id}|{m.session_id}|{m.id}",
+                        "tenant_id": m.tenant_id,
+                        "session_id": m.session_id,
+                        "pos": r.position.key,
+                        "h": r.content_hash,
+                        "role": m.role,
+                        "name": m.name,
+                        "at": m.created_at.isoformat(),
+                    }
+                )
+            if docs:
+                await collection.insert_many(docs, ordered=False)
+        return time.perf_counter() - started
+    finally:
+        await client.close()
+
+
+async def qdrant(settings: Settings, batches: Batches) -> float:
+    """The adapter's points, ``upsert`` per batch, into a scratch local-mode collection."""
+    path = tempfile.mkdtemp(prefix="amem-bench-qdrant-", dir="/var/tmp")
+    points_of = QdrantVectorStore(path=path)._point  # builds points; opens nothing
+    client = AsyncQdrantClient(path=path)
+    try:
+        await client.create_collection(
+            "raw", vectors_config=models.VectorParams(size=384, distance=models.Distance.COSINE)
+        )
+        started = time.perf_counter()
+        for batch in _messages(batches):
+            if batch:
+                await client.upsert("raw", [points_of(r) for r in batch], wait=True)
+        return time.perf_counter() - started
+    finally:
+        await client.close()
+        shutil.rmtree(path, ignore_errors=True)
+
+
+async def graph(settings: Settings, batches: Batches) -> float:
+    """The adapter's message nodes, one ``UNWIND … CREATE`` per batch, into a scratch graph."""
+    db = FalkorDB.from_url(settings.require_redis())
+    scratch = db.select_graph("amem_bench_raw")
+    try:
+        started = time.perf_counter()
+        for batch in _messages(batches):
+            rows = [_message_row(r)["props"] for r in batch]
+            if rows:
+                await scratch.query(
+                    "UNWIND $rows AS r CREATE (m:Message) SET m = r", {"rows": rows}
+                )
+        elapsed = time.perf_counter() - started
+        await scratch.delete()
+        return elapsed
+    finally:
+        pool = db.connection.connection_pool
+        await db.aclose()
+        await pool.disconnect()
+
+
+RAW_WRITERS: dict[str, RawWriter] = {
+    "postgres": postgres,
+    "pgvector": pgvector,
+    "mongo": mongo,
+    "qdrant": qdrant,
+    "graph": graph,
+}

@@ -1,0 +1,120 @@
+"""The enricher: embedding, token count and entities, once per message, into a derived stream.
+
+Enrichment lives in ``amem:enriched:{N}``, one entry per log entry of partition ``N`` in log
+order, carrying the log entry verbatim plus its vector, token count and entities. Every
+projector that needs enrichment reads that stream through its own consumer group, so a
+message is embedded once however many stores hold vectors, and rebuilding a vector store
+replays the stream: it embeds nothing. Erasures are forwarded so downstream stores see them
+in order.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import orjson
+import redis.asyncio as aioredis
+
+from projectors.enrichment.embedder import Embedder
+from projectors.enrichment.entities import extract_entities
+from projectors.hooks import Middleware
+from projectors.projector import Entry, Projector
+from projectors.records import (
+    ENTITIES_FIELD,
+    MODEL_FIELD,
+    SOURCE_FIELD,
+    TOKENS_FIELD,
+    VECTOR_DTYPE,
+    VECTOR_FIELD,
+)
+from schemas.constants import ENRICHER, ENTRY_FIELD, embedded_counter_key, enriched_key
+from schemas.events import MessageAppended
+
+# XACK first: only the consumer whose XACK removes the entry from the pending list appends
+# it, so an entry claimed by two consumers at once is still enriched exactly once.
+# KEYS: log stream, enriched stream, counter. ARGV: group, entries, then per entry:
+# id, is_message (0/1), field count, field, value, ...
+ENRICH_LUA = """
+local i = 3
+local added = 0
+local embedded = 0
+for _ = 1, tonumber(ARGV[2]) do
+  local id, is_message, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  i = i + 3
+  if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 then
+    local args = {KEYS[2], '*'}
+    for f = i, i + 2 * n - 1 do args[#args + 1] = ARGV[f] end
+    redis.call('XADD', unpack(args))
+    added = added + 1
+    if is_message == '1' then embedded = embedded + 1 end
+  end
+  i = i + 2 * n
+end
+if embedded > 0 then redis.call('INCRBY', KEYS[3], embedded) end
+return added
+"""
+
+
+class Enricher(Projector):
+    name = ENRICHER
+
+    def __init__(
+        self,
+        embedder: Embedder | None = None,
+        *,
+        threads: int | None = None,
+        hooks: Middleware | None = None,
+    ) -> None:
+        self._embedder = embedder
+        self._threads = threads
+        self._hooks = hooks or Middleware()
+        self._script: aioredis.client.AsyncScript | None = None  # type: ignore[name-defined]
+
+    async def start(self) -> None:
+        if self._embedder is None:
+            self._embedder = Embedder.load(threads=self._threads)
+
+    async def close(self) -> None:
+        if self._embedder is not None:
+            self._embedder.close()
+
+    async def apply(self, redis: aioredis.Redis, stream: str, batch: Sequence[Entry]) -> None:
+        assert self._embedder is not None, "the enricher has not started"
+        messages = [r.event for _, r in batch if isinstance(r.event, MessageAppended)]
+        texts = [m.message.content for m in messages]
+        started = time.perf_counter()
+        vectors = await self._embedder.embed_async(texts) if texts else []
+        self._hooks.after_embed(len(texts), time.perf_counter() - started)
+        tokens = self._embedder.count_tokens(texts) if texts else []
+        model = self._embedder.model_name
+        args: list[bytes | str | int] = [self.group, len(batch)]
+        k = 0
+        for entry_id, record in batch:
+            fields: list[bytes | str | int] = [ENTRY_FIELD, record.raw, SOURCE_FIELD, entry_id]
+            is_message = isinstance(record.event, MessageAppended)
+            if is_message:
+                fields += [
+                    VECTOR_FIELD,
+                    np.asarray(vectors[k], dtype=VECTOR_DTYPE).tobytes(),
+                    TOKENS_FIELD,
+                    tokens[k],
+                    ENTITIES_FIELD,
+                    orjson.dumps(extract_entities(texts[k])),
+                    MODEL_FIELD,
+                    model,
+                ]
+                k += 1
+            args += [entry_id, int(is_message), len(fields) // 2, *fields]
+        partition = batch[0][1].partition
+        keys = [stream, enriched_key(partition), embedded_counter_key(partition)]
+        if self._script is None:
+            self._script = redis.register_script(ENRICH_LUA)  # EVALSHA, reloaded on NOSCRIPT
+        await self._script(keys=keys, args=args, client=redis)
+
+
+async def embedded_total(redis: aioredis.Redis, partitions: int) -> int:
+    """Messages embedded and stored by the enricher, all partitions."""
+    values = await redis.mget([embedded_counter_key(n) for n in range(partitions)])
+    return sum(int(v) for v in values if v is not None)

@@ -1,0 +1,167 @@
+"""Ports: what every store adapter promises, whatever the store.
+
+:class:`Projection` is the write side every adapter implements (idempotent, order-insensitive
+``apply``; a ``digest`` for ``verify``). The three read ports add what the rehydrator asks of
+each kind of store. Adapters live in ``projectors/stores/<store>.py``, named ``<Store><Port>``.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import ClassVar
+
+from projectors.position import Position
+from projectors.records import Digest, Record, SessionKey, latest_erasures, split
+
+
+class Projection(ABC):
+    """A store the log is projected into.
+
+    ``apply`` must leave the same state whatever the batch boundaries, however often a
+    record is applied, and in whatever order a session's records arrive: the state is a
+    function of the log positions applied, never of arrival order.
+    """
+
+    store: ClassVar[str]
+    """Short store name, used in metrics and errors."""
+    needs_enrichment: ClassVar[bool] = False
+    """True: reads the enriched stream (vectors, tokens, entities) instead of the log."""
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (OSError,)
+    """Errors meaning "the store is down": the batch is retried in place, never dead-lettered."""
+
+    @abstractmethod
+    async def start(self) -> None:
+        """Connect and create what is missing (tables, collections, indexes); idempotent."""
+
+    @abstractmethod
+    async def close(self) -> None:
+        """Release connections."""
+
+    @abstractmethod
+    async def apply(self, records: Sequence[Record]) -> None:
+        """Apply one batch (messages and erasures, log order) in as few round trips as possible."""
+
+    @abstractmethod
+    async def digest(self, tenant_id: str | None = None) -> Digest:
+        """Per session, message id → content hash of what the store holds."""
+
+    @abstractmethod
+    async def count(self) -> int:
+        """Messages held, all tenants."""
+
+    @abstractmethod
+    async def reset(self) -> None:
+        """Drop everything this projection holds (before a rebuild from the log)."""
+
+    async def positions(self) -> dict[int, Position]:
+        """Applied position per partition, where the store keeps it with the data."""
+        return {}
+
+
+class TombstoneProjection(Projection):
+    """``apply`` for stores without multi-statement transactions, from four primitives.
+
+    An erase writes its tombstone (the session's erase position) before deleting; a message
+    write re-reads the tombstones after writing. Whichever of two concurrent workers runs
+    second therefore sees the other's write, so a message at or before an erase never
+    survives it, and messages appended after the erase do.
+    """
+
+    async def apply(self, records: Sequence[Record]) -> None:
+        messages, erasures = split(records)
+        if erasures:
+            latest = latest_erasures(erasures)
+            await self._write_tombstones(latest)
+            await self._delete_upto(latest)
+        if messages:
+            await self._upsert(messages)
+            tombstones = await self._tombstones({m.session for m in messages})
+            covered = {
+                m.session: tombstones[m.session]
+                for m in messages
+                if m.session in tombstones and m.position <= tombstones[m.session]
+            }
+            if covered:
+                await self._delete_upto(covered)
+
+    @abstractmethod
+    async def _upsert(self, messages: Sequence[Record]) -> None:
+        """Write messages keyed by deterministic ids (a repeat overwrites with the same)."""
+
+    @abstractmethod
+    async def _write_tombstones(self, erased: dict[SessionKey, Position]) -> None:
+        """Record each session's erase position, keeping the furthest."""
+
+    @abstractmethod
+    async def _tombstones(self, sessions: Iterable[SessionKey]) -> dict[SessionKey, Position]:
+        """Erase positions of the sessions that have one."""
+
+    @abstractmethod
+    async def _delete_upto(self, erased: dict[SessionKey, Position]) -> None:
+        """Delete each session's data at or before its position."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SessionSummary:
+    tenant_id: str
+    session_id: str
+    message_count: int
+    participants: frozenset[str]
+    """``role`` or ``role:name`` of everyone who spoke."""
+    first_at: datetime
+    last_at: datetime
+    last_position: Position
+
+
+class ProjectionStore(Projection):
+    """Port: the session-level view (Postgres rows, Mongo session documents)."""
+
+    @abstractmethod
+    async def session(self, tenant_id: str, session_id: str) -> SessionSummary | None:
+        """The session's summary, or None when the store holds nothing of it."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Hit:
+    session_id: str
+    message_id: str
+    score: float
+
+
+class VectorStore(Projection):
+    """Port: nearest messages by embedding, the tenant filter inside the store query."""
+
+    needs_enrichment = True
+
+    @abstractmethod
+    async def nearest(
+        self,
+        tenant_id: str,
+        vector: Sequence[float],
+        *,
+        limit: int = 10,
+        session_id: str | None = None,
+    ) -> list[Hit]:
+        """Best first; score is cosine similarity."""
+
+
+class GraphStore(Projection):
+    """Port: the message and entity graph of a session."""
+
+    needs_enrichment = True
+
+    @abstractmethod
+    async def neighbours(
+        self, tenant_id: str, session_id: str, message_ids: Sequence[str]
+    ) -> list[Hit]:
+        """Messages next to, replying to or replied by, or sharing an entity with the given ones.
+
+        The given messages are not in the result; score counts the paths that lead to a hit.
+        """
+
+    @abstractmethod
+    async def entities(self, tenant_id: str, session_id: str) -> dict[str, int]:
+        """Entity → number of the session's messages that mention it."""

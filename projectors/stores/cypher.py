@@ -1,0 +1,448 @@
+"""The one Cypher projection of the message and entity graph, shared by FalkorDB and Neo4j.
+
+Graph model (every node carries ``tenant_id``; keys join ids with ``|``, which ids cannot hold)::
+
+    (:Message {key, tenant_id, session_id, message_id, pos, content_hash, role, name,
+               created_at, parent_id, parent_key})
+    (:Message)-[:IN_SESSION]->(:Session {key, tenant_id, session_id})
+    (:Message)-[:NEXT]->(:Message)        log-consecutive messages of a session
+    (:Message)-[:REPLY_TO]->(:Message)    a message to its parent, once both are there
+    (:Message)-[:MENTIONS]->(:Entity {key, tenant_id, name})   entities are per tenant
+    (:Tombstone {key, tenant_id, session_id, pos})             a session's furthest erase
+
+``pos`` is :attr:`Position.key`, whose string order is the log order. Everything is MERGEd
+by deterministic keys, and each batch is one statement: ``UNWIND`` over the rows, its steps
+chained by ``WITH count(*) AS done`` (an aggregate always yields one row, so a step that
+matches nothing does not stop the next). Every MATCH and MERGE names the tenant on each
+node it binds.
+
+The statements keep to clauses FalkorDB 4.16 and Neo4j 5 both run alike (no ``CALL {}``
+subqueries, ``FOREACH``, ``EXISTS {}`` or APOC), and work around two FalkorDB bugs noted
+where they bite. Schema DDL and ``reset`` differ and stay in the adapters.
+"""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from projectors.position import Position
+from projectors.records import Digest, Record, SessionKey
+from projectors.store import GraphStore, Hit, TombstoneProjection
+
+SEP = "|"
+"""Key separator: not in the id alphabet, so ``tenant|session|id`` is unambiguous."""
+
+LABELS = ("Session", "Message", "Entity", "Tombstone")
+KEYS: tuple[tuple[str, str], ...] = tuple((label, "key") for label in LABELS)
+"""Unique key of each label (a uniqueness constraint where the store has them)."""
+LOOKUPS: tuple[tuple[str, str], ...] = (("Message", "parent_key"),)
+"""Further indexed properties: replies that arrived before their parent.
+
+Deliberately no index on ``Message.tenant_id``: FalkorDB's planner would then start a
+session's messages from every message of the tenant instead of from the session's key.
+"""
+
+
+def session_key(tenant_id: str, session_id: str) -> str:
+    return f"{tenant_id}{SEP}{session_id}"
+
+
+def message_key(tenant_id: str, session_id: str, message_id: str) -> str:
+    return f"{tenant_id}{SEP}{session_id}{SEP}{message_id}"
+
+
+def entity_key(tenant_id: str, name: str) -> str:
+    return f"{tenant_id}{SEP}{name}"
+
+
+@dataclass(frozen=True, slots=True)
+class Statement:
+    text: str
+    params: dict[str, Any] = field(default_factory=dict)
+    write: bool = False
+
+
+# Steps. `row` is the UNWIND variable; a step ends in `WITH count(*) AS done` when more follow.
+# A match from a key lookup is split: `MATCH (anchor {key, tenant_id}) WITH … MATCH (anchor)-…`.
+# Unsplit, FalkorDB's planner may start from the far node, i.e. scan every Message.
+
+_MESSAGES = """
+UNWIND $messages AS row
+MERGE (s:Session {key: row.session_key, tenant_id: row.tenant_id})
+SET s.session_id = row.session_id
+MERGE (m:Message {key: row.key, tenant_id: row.tenant_id})
+MERGE (m)-[:IN_SESSION]->(s)
+WITH m, row
+WHERE m.pos IS NULL OR m.pos <= row.pos
+SET m = row.props
+WITH count(*) AS done
+"""
+# The same id twice in the log: the copy furthest in the log wins, whatever the arrival
+# order (an earlier copy never overwrites). That keeps tombstones exact: a copy appended
+# after an erase survives it, one before it does not. `m.pos = row.pos` below: the winner.
+# `SET m = row.props` (every property, key included) rather than `SET m.a = …, m.b = …`:
+# FalkorDB 4.16 mangles a node when one SET or REMOVE drops several properties (setting
+# name and parent_key to null left parent_key in place and dropped another property).
+
+_MENTIONS = """
+UNWIND $mentions AS row
+MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
+WHERE m.pos = row.pos
+MERGE (e:Entity {key: row.entity_key, tenant_id: row.tenant_id})
+SET e.name = row.name
+MERGE (m)-[:MENTIONS]->(e)
+WITH count(*) AS done
+"""
+
+_GC_ENTITIES = """
+WITH DISTINCT e
+SET e.name = e.name
+WITH e
+OPTIONAL MATCH (e)<-[x:MENTIONS]-(:Message)
+WITH e, count(x) AS mentions
+WHERE mentions = 0
+DELETE e
+WITH count(*) AS done
+"""
+"""Follows a step binding `e` to entities that lost a mention: drops those nobody mentions.
+
+The no-op SET write-locks the entity in Neo4j before the mentions are counted, so a
+concurrent batch adding a mention either commits first (and is counted) or waits."""
+
+_STALE_MENTIONS = (
+    """
+UNWIND $messages AS row
+MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
+WHERE m.pos = row.pos
+WITH row, m
+MATCH (m)-[r:MENTIONS]->(e:Entity {tenant_id: row.tenant_id})
+WHERE NOT e.name IN row.entities
+DELETE r
+"""
+    + _GC_ENTITIES
+)
+"""Mentions the winning copy no longer has (another copy, or a re-enrichment, had them)."""
+
+_STALE_REPLIES = """
+UNWIND $messages AS row
+MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
+WHERE m.pos = row.pos
+WITH row, m
+MATCH (m)-[r:REPLY_TO]->(p:Message {tenant_id: row.tenant_id})
+WHERE row.parent_key IS NULL OR p.key <> row.parent_key
+DELETE r
+WITH count(*) AS done
+"""
+
+_REPLIES = """
+UNWIND $replies AS row
+MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
+WHERE m.pos = row.pos
+MATCH (p:Message {key: row.parent_key, tenant_id: row.tenant_id})
+MERGE (m)-[:REPLY_TO]->(p)
+WITH count(*) AS done
+UNWIND $messages AS row
+MATCH (c:Message {parent_key: row.key, tenant_id: row.tenant_id})
+MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
+MERGE (c)-[:REPLY_TO]->(m)
+WITH count(*) AS done
+"""
+"""REPLY_TO from whichever of child and parent arrives second: child → parent if the parent
+is there, then every child already there (``parent_key`` is indexed) → the new message."""
+
+_NEXT = """
+UNWIND $sessions AS row
+MATCH (s:Session {key: row.session_key, tenant_id: row.tenant_id})
+WITH row, s
+MATCH (s)<-[:IN_SESSION]-(m:Message {tenant_id: row.tenant_id})
+WITH row.tenant_id AS tenant_id, row.session_key AS session, m
+ORDER BY m.pos
+WITH tenant_id, session, collect(m) AS ms
+UNWIND range(0, size(ms) - 1) AS i
+WITH tenant_id, ms[i] AS a, CASE WHEN i + 1 < size(ms) THEN ms[i + 1] END AS b
+OPTIONAL MATCH (a)-[r:NEXT]->(x:Message {tenant_id: tenant_id})
+WHERE b IS NULL OR x.key <> b.key
+DELETE r
+WITH DISTINCT a, b
+WHERE b IS NOT NULL
+MERGE (a)-[:NEXT]->(b)
+"""
+# Concurrent batches of one session (Neo4j; FalkorDB runs one query at a time) must not
+# each recompute NEXT from a view lacking the other's messages: both statements SET a
+# property of every Session they touch first, which write-locks it until commit (Neo4j
+# locks on any SET, even to the same value), rows sorted by session to keep lock order.
+# NEXT is recomputed for every session a batch touches, from the messages now there in
+# `pos` order: each message keeps one NEXT edge, to its successor; edges to anything else
+# (a message arrived in between, out of order) are deleted, missing ones merged. Deleted
+# messages take their edges along (DETACH DELETE) and the gap is bridged here. A scan of
+# the whole session per batch: sessions are conversations (hundreds of messages, not
+# millions), and the writes are only the edges that change.
+
+UPSERT = _MESSAGES + _MENTIONS + _STALE_MENTIONS + _STALE_REPLIES + _REPLIES + _NEXT
+
+DELETE_UPTO = (
+    """
+UNWIND $erased AS row
+MATCH (s:Session {key: row.session_key, tenant_id: row.tenant_id})
+SET s.session_id = row.session_id
+WITH row, s
+MATCH (s)<-[:IN_SESSION]-(m:Message {tenant_id: row.tenant_id})
+WHERE m.pos <= row.pos
+OPTIONAL MATCH (m)-[:MENTIONS]->(e:Entity {tenant_id: row.tenant_id})
+WITH m, collect(e) AS mentioned
+DETACH DELETE m
+WITH mentioned
+UNWIND mentioned AS e
+"""
+    + _GC_ENTITIES
+    + _NEXT
+)
+"""Erased messages, then the entities only they mentioned (an erase leaves no names behind)."""
+
+WRITE_TOMBSTONES = """
+UNWIND $erased AS row
+MERGE (t:Tombstone {key: row.session_key, tenant_id: row.tenant_id})
+SET t.session_id = row.session_id,
+    t.pos = CASE WHEN t.pos IS NULL OR t.pos < row.pos THEN row.pos ELSE t.pos END
+"""
+
+TOMBSTONES = """
+UNWIND $sessions AS row
+MATCH (t:Tombstone {key: row.session_key, tenant_id: row.tenant_id})
+RETURN t.tenant_id, t.session_id, t.pos
+"""
+
+DIGEST_TENANT = """
+MATCH (s:Session {tenant_id: $tenant_id})
+WITH s
+MATCH (s)<-[:IN_SESSION]-(m:Message {tenant_id: $tenant_id})
+RETURN m.tenant_id, m.session_id, m.message_id, m.content_hash
+"""
+DIGEST_ALL = """
+MATCH (m:Message)
+RETURN m.tenant_id, m.session_id, m.message_id, m.content_hash
+"""
+
+COUNT = "MATCH (m:Message) RETURN count(m)"
+
+NEIGHBOURS = """
+UNWIND $keys AS given
+MATCH (m:Message {key: given, tenant_id: $tenant_id})
+WITH m
+MATCH (m)-[r:NEXT|REPLY_TO]-(h:Message {tenant_id: $tenant_id, session_id: $session_id})
+WHERE NOT h.key IN $keys
+RETURN h.message_id AS message_id, h.pos AS pos, count(r) AS paths
+UNION ALL
+UNWIND $keys AS given
+MATCH (m:Message {key: given, tenant_id: $tenant_id})
+WITH m
+MATCH (m)-[:MENTIONS]->(e:Entity {tenant_id: $tenant_id})
+      <-[:MENTIONS]-(h:Message {tenant_id: $tenant_id, session_id: $session_id})
+WHERE NOT h.key IN $keys
+RETURN h.message_id AS message_id, h.pos AS pos, count(e) AS paths
+"""
+"""Hits one step away: next or previous turn, reply or parent, or a shared entity.
+
+Each path counts once: a given message and a hit both NEXT and REPLY_TO give 2, each shared
+entity 1, each given message the hit is next to 1. The halves are summed per hit in Python.
+``count(r)``, not ``count(*)``: FalkorDB 4.16 counts an undirected two-type match once per
+hit under ``count(*)`` (a NEXT and a REPLY_TO between the same two messages gave 1).
+"""
+
+ENTITIES = """
+MATCH (s:Session {key: $session_key, tenant_id: $tenant_id})
+WITH s
+MATCH (s)<-[:IN_SESSION]-(m:Message {tenant_id: $tenant_id})
+      -[:MENTIONS]->(e:Entity {tenant_id: $tenant_id})
+RETURN e.name, count(DISTINCT m)
+"""
+
+
+def _session_row(session: SessionKey) -> dict[str, str]:
+    tenant_id, session_id = session
+    return {
+        "session_key": session_key(tenant_id, session_id),
+        "tenant_id": tenant_id,
+        "session_id": session_id,
+    }
+
+
+def _entities(record: Record) -> list[str]:
+    names = record.enrichment.entities if record.enrichment is not None else ()
+    return list(dict.fromkeys(names))
+
+
+def _message_row(record: Record) -> dict[str, Any]:
+    msg = record.message.message
+    tenant_id, session_id = record.session
+    key = message_key(tenant_id, session_id, msg.id)
+    pos = record.position.key
+    parent_key = message_key(tenant_id, session_id, msg.parent_id) if msg.parent_id else None
+    props = {
+        "key": key,
+        "tenant_id": tenant_id,
+        "session_id": session_id,
+        "message_id": msg.id,
+        "pos": pos,
+        "content_hash": record.content_hash,
+        "role": msg.role,
+        "name": msg.name,
+        "created_at": msg.created_at.isoformat(),
+        "parent_id": msg.parent_id,
+        "parent_key": parent_key,
+    }
+    return {
+        **_session_row(record.session),
+        "key": key,
+        "pos": pos,
+        "parent_key": parent_key,
+        "entities": _entities(record),
+        "props": props,
+    }
+
+
+def _log_order(record: Record) -> tuple[SessionKey, Position]:
+    return record.session, record.position
+
+
+def upsert(messages: Sequence[Record]) -> Statement:
+    # One row per message key: the copy furthest in the log (see _MESSAGES).
+    latest: dict[str, Record] = {}
+    for record in messages:
+        msg = record.message.message
+        key = message_key(*record.session, msg.id)
+        if key not in latest or latest[key].position < record.position:
+            latest[key] = record
+    rows = [_message_row(r) for r in sorted(latest.values(), key=_log_order)]
+    mentions = [
+        {
+            "key": row["key"],
+            "tenant_id": row["tenant_id"],
+            "pos": row["pos"],
+            "entity_key": entity_key(row["tenant_id"], name),
+            "name": name,
+        }
+        for row in rows
+        for name in row["entities"]
+    ]
+    replies = [r for r in rows if r["parent_key"] is not None]
+    sessions = [_session_row(s) for s in sorted({r.session for r in latest.values()})]
+    return Statement(
+        UPSERT,
+        {
+            "messages": rows,
+            "mentions": mentions,
+            "replies": replies,
+            "sessions": sessions,
+        },
+        write=True,
+    )
+
+
+def _erased_rows(erased: dict[SessionKey, Position]) -> list[dict[str, str]]:
+    return [{**_session_row(s), "pos": p.key} for s, p in sorted(erased.items())]
+
+
+def write_tombstones(erased: dict[SessionKey, Position]) -> Statement:
+    return Statement(WRITE_TOMBSTONES, {"erased": _erased_rows(erased)}, write=True)
+
+
+def delete_upto(erased: dict[SessionKey, Position]) -> Statement:
+    rows = _erased_rows(erased)
+    return Statement(DELETE_UPTO, {"erased": rows, "sessions": rows}, write=True)
+
+
+def tombstones(sessions: Iterable[SessionKey]) -> Statement:
+    return Statement(TOMBSTONES, {"sessions": [_session_row(s) for s in sorted(set(sessions))]})
+
+
+def digest(tenant_id: str | None) -> Statement:
+    if tenant_id is None:
+        return Statement(DIGEST_ALL)
+    return Statement(DIGEST_TENANT, {"tenant_id": tenant_id})
+
+
+def neighbours(tenant_id: str, session_id: str, message_ids: Sequence[str]) -> Statement:
+    keys = sorted({message_key(tenant_id, session_id, m) for m in message_ids})
+    return Statement(NEIGHBOURS, {"keys": keys, "tenant_id": tenant_id, "session_id": session_id})
+
+
+def entities(tenant_id: str, session_id: str) -> Statement:
+    return Statement(
+        ENTITIES, {"session_key": session_key(tenant_id, session_id), "tenant_id": tenant_id}
+    )
+
+
+Rows = Sequence[Sequence[Any]]
+
+
+def parse_tombstones(rows: Rows) -> dict[SessionKey, Position]:
+    return {(str(t), str(s)): Position.from_key(str(p)) for t, s, p in rows}
+
+
+def parse_digest(rows: Rows) -> Digest:
+    out: Digest = {}
+    for tenant_id, session_id, message_id, content_hash in rows:
+        session = out.setdefault((str(tenant_id), str(session_id)), {})
+        session[str(message_id)] = str(content_hash)
+    return out
+
+
+def parse_hits(session_id: str, rows: Rows) -> list[Hit]:
+    """Sum the paths per hit; best first, then log order."""
+    paths: dict[str, int] = {}
+    positions: dict[str, str] = {}
+    for message_id, pos, count in rows:
+        paths[str(message_id)] = paths.get(str(message_id), 0) + int(count)
+        positions[str(message_id)] = str(pos)
+    ranked = sorted(paths, key=lambda m: (-paths[m], positions[m], m))
+    return [Hit(session_id=session_id, message_id=m, score=float(paths[m])) for m in ranked]
+
+
+def parse_entities(rows: Rows) -> dict[str, int]:
+    return {str(name): int(count) for name, count in rows}
+
+
+class CypherGraphStore(TombstoneProjection, GraphStore):
+    """The graph projection over any store that runs these statements.
+
+    An adapter connects, creates its indexes, resets, and runs one :class:`Statement`
+    (:meth:`_run`), returning the rows as sequences in ``RETURN`` order.
+    """
+
+    @abstractmethod
+    async def _run(self, statement: Statement) -> Rows:
+        """Run one statement (``write`` tells reads from writes) and return its rows."""
+
+    async def _upsert(self, messages: Sequence[Record]) -> None:
+        await self._run(upsert(messages))
+
+    async def _write_tombstones(self, erased: dict[SessionKey, Position]) -> None:
+        await self._run(write_tombstones(erased))
+
+    async def _tombstones(self, sessions: Iterable[SessionKey]) -> dict[SessionKey, Position]:
+        return parse_tombstones(await self._run(tombstones(sessions)))
+
+    async def _delete_upto(self, erased: dict[SessionKey, Position]) -> None:
+        await self._run(delete_upto(erased))
+
+    async def digest(self, tenant_id: str | None = None) -> Digest:
+        return parse_digest(await self._run(digest(tenant_id)))
+
+    async def count(self) -> int:
+        rows = await self._run(Statement(COUNT))
+        return int(rows[0][0]) if rows else 0
+
+    async def neighbours(
+        self, tenant_id: str, session_id: str, message_ids: Sequence[str]
+    ) -> list[Hit]:
+        if not message_ids:
+            return []
+        rows = await self._run(neighbours(tenant_id, session_id, message_ids))
+        return parse_hits(session_id, rows)
+
+    async def entities(self, tenant_id: str, session_id: str) -> dict[str, int]:
+        return parse_entities(await self._run(entities(tenant_id, session_id)))

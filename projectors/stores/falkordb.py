@@ -1,0 +1,65 @@
+"""FalkorDB (the graph module of the embedded Redis): the message and entity graph.
+
+The Cypher is the shared projection (:mod:`projectors.stores.cypher`); this module only
+connects, creates the indexes and resets. FalkorDB runs the queries of one graph one at a
+time, so each batch statement is atomic and isolated without constraints or locks.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import redis.exceptions
+from falkordb.asyncio import FalkorDB  # type: ignore[import-untyped]
+
+from projectors.stores.cypher import KEYS, LOOKUPS, CypherGraphStore, Rows, Statement
+
+ALREADY_INDEXED = "already indexed"
+"""FalkorDB has no ``CREATE INDEX IF NOT EXISTS``: an existing index is an error saying so."""
+
+
+class FalkorDBGraphStore(CypherGraphStore):
+    store = "falkordb"
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (
+        redis.exceptions.ConnectionError,
+        redis.exceptions.TimeoutError,
+        OSError,
+    )
+
+    def __init__(self, *, url: str, graph: str = "amem") -> None:
+        self._url = url
+        self._graph_name = graph
+        self._db: Any = None
+        self._graph: Any = None
+
+    async def start(self) -> None:
+        if self._db is None:
+            self._db = FalkorDB.from_url(self._url, socket_connect_timeout=10)
+            self._graph = self._db.select_graph(self._graph_name)
+        for label, prop in (*KEYS, *LOOKUPS):
+            try:
+                await self._graph.query(f"CREATE INDEX FOR (n:{label}) ON (n.{prop})")
+            except redis.exceptions.ResponseError as exc:
+                if ALREADY_INDEXED not in str(exc):
+                    raise
+
+    async def close(self) -> None:
+        if self._db is not None:
+            # from_url hands the client a pool it does not own, so aclose() leaves the
+            # pool's sockets open: disconnect the pool as well.
+            pool = self._db.connection.connection_pool
+            await self._db.aclose()
+            await pool.disconnect()
+            self._db = self._graph = None
+
+    async def reset(self) -> None:
+        # Everything in this graph is ours; deleting the nodes keeps the indexes.
+        await self._run(Statement("MATCH (n) DETACH DELETE n", write=True))
+
+    async def _run(self, statement: Statement) -> Rows:
+        # GRAPH.QUERY even for reads: GRAPH.RO_QUERY fails on a graph not created yet.
+        if self._graph is None:
+            raise RuntimeError("FalkorDBGraphStore used before start()")
+        result = await self._graph.query(statement.text, statement.params)
+        rows: Rows = result.result_set
+        return rows

@@ -1,0 +1,315 @@
+"""Postgres (asyncpg): ordered history with full text and the raw event archive.
+
+Each batch is one transaction holding the rows, the archive entries and the applied
+position per partition, so a crash at any instant leaves the store at a batch boundary.
+Transactions also take an advisory lock per session, which serialises a session's erase
+against concurrent writers of that session without the tombstone re-check of stores that
+lack transactions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from abc import abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import asyncpg
+import orjson
+
+from projectors.position import Position
+from projectors.records import Digest, Record, SessionKey, latest_erasures, split
+from projectors.store import Projection, ProjectionStore, SessionSummary
+
+Connection = Any  # asyncpg ships no type information
+
+SCHEMA = """
+CREATE EXTENSION IF NOT EXISTS vector;
+CREATE TABLE IF NOT EXISTS amem_positions (
+    projector text NOT NULL, partition int NOT NULL,
+    pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
+    PRIMARY KEY (projector, partition));
+CREATE TABLE IF NOT EXISTS amem_erasures (
+    projector text NOT NULL, tenant_id text NOT NULL, session_id text NOT NULL,
+    pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
+    PRIMARY KEY (projector, tenant_id, session_id));
+CREATE TABLE IF NOT EXISTS amem_messages (
+    tenant_id text NOT NULL, session_id text NOT NULL, message_id text NOT NULL,
+    partition int NOT NULL, pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
+    role text NOT NULL, name text, parent_id text, agent_id text,
+    content text NOT NULL, created_at timestamptz NOT NULL, metadata jsonb NOT NULL,
+    tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', content)) STORED,
+    PRIMARY KEY (tenant_id, session_id, message_id));
+CREATE INDEX IF NOT EXISTS amem_messages_log_order
+    ON amem_messages (tenant_id, session_id, pos_ms, pos_seq);
+CREATE INDEX IF NOT EXISTS amem_messages_tsv ON amem_messages USING gin (tsv);
+CREATE TABLE IF NOT EXISTS amem_archive (
+    partition int NOT NULL, pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
+    tenant_id text NOT NULL, session_id text NOT NULL, event_type text NOT NULL,
+    event text NOT NULL,
+    PRIMARY KEY (partition, pos_ms, pos_seq));
+CREATE INDEX IF NOT EXISTS amem_archive_session ON amem_archive (tenant_id, session_id);
+CREATE TABLE IF NOT EXISTS amem_vectors (
+    tenant_id text NOT NULL, session_id text NOT NULL, message_id text NOT NULL,
+    pos_ms bigint NOT NULL, pos_seq bigint NOT NULL, content_hash text NOT NULL,
+    model text NOT NULL, tokens int NOT NULL, embedding vector NOT NULL,
+    PRIMARY KEY (tenant_id, session_id, message_id));
+"""
+
+NOT_ERASED = """NOT EXISTS (
+    SELECT 1 FROM amem_erasures e
+    WHERE e.projector = $1 AND e.tenant_id = m.tenant_id AND e.session_id = m.session_id
+      AND (m.pos_ms, m.pos_seq) <= (e.pos_ms, e.pos_seq))"""
+"""SQL condition: row ``m`` is not covered by its session's tombstone (``$1`` = projector)."""
+
+ERASED_SESSION = """EXISTS (
+    SELECT 1 FROM amem_erasures e
+    WHERE e.projector = $1 AND e.tenant_id = t.tenant_id AND e.session_id = t.session_id
+      AND (e.tenant_id, e.session_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
+      AND (t.pos_ms, t.pos_seq) <= (e.pos_ms, e.pos_seq))"""
+"""SQL condition: row ``t`` is covered by one of the tombstones just written."""
+
+
+class PostgresProjection(Projection):
+    """Transactional apply shared by the Postgres-backed projections."""
+
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (
+        OSError,
+        asyncio.TimeoutError,
+        asyncpg.exceptions.PostgresConnectionError,
+        asyncpg.exceptions.InterfaceError,
+        asyncpg.exceptions.CannotConnectNowError,
+        asyncpg.exceptions.AdminShutdownError,
+        asyncpg.exceptions.CrashShutdownError,
+    )
+    tables: ClassVar[tuple[str, ...]]
+    """Tables this projection owns (its rows, not the shared bookkeeping)."""
+
+    def __init__(self, *, url: str, projector: str | None = None, pool_size: int = 4) -> None:
+        self._url = url
+        self.projector = projector or self.store
+        self._pool_size = pool_size
+        self._pool: Any = None
+        self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
+
+    async def start(self) -> None:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(
+                self._url, min_size=1, max_size=self._pool_size, command_timeout=60
+            )
+        # Two workers creating the schema at once would race on the catalog: lock first.
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(7305916)")
+            await conn.execute(SCHEMA)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            # close() waits for every connection to come back; one held by a cancelled
+            # task never does, so do not wait for ever.
+            try:
+                await asyncio.wait_for(self._pool.close(), timeout=10)
+            except TimeoutError:
+                self._pool.terminate()
+            self._pool = None
+
+    async def apply(self, records: Sequence[Record]) -> None:
+        if not records:
+            return
+        messages, erasures = split(records)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await _lock_sessions(conn, {r.session for r in records})
+            if erasures:
+                latest = latest_erasures(erasures)
+                await self._write_tombstones(conn, latest)
+                tenants, sessions = _columns(latest)
+                for table in self.tables:
+                    await conn.execute(
+                        f"DELETE FROM {table} t WHERE {ERASED_SESSION}",
+                        self.projector,
+                        tenants,
+                        sessions,
+                    )
+            await self._insert(conn, messages, erasures)
+            await self._advance(conn, records)
+
+    @abstractmethod
+    async def _insert(
+        self, conn: Connection, messages: Sequence[Record], erasures: Sequence[Record]
+    ) -> None:
+        """Insert the batch's rows that no tombstone covers (the condition NOT_ERASED)."""
+
+    async def _write_tombstones(self, conn: Connection, latest: dict[SessionKey, Position]) -> None:
+        tenants, sessions = _columns(latest)
+        await conn.execute(
+            """INSERT INTO amem_erasures AS e
+               SELECT $1, * FROM unnest($2::text[], $3::text[], $4::bigint[], $5::bigint[])
+               ON CONFLICT (projector, tenant_id, session_id) DO UPDATE
+               SET pos_ms = excluded.pos_ms, pos_seq = excluded.pos_seq
+               WHERE (excluded.pos_ms, excluded.pos_seq) > (e.pos_ms, e.pos_seq)""",
+            self.projector,
+            tenants,
+            sessions,
+            [p.ms for p in latest.values()],
+            [p.seq for p in latest.values()],
+        )
+
+    async def _advance(self, conn: Connection, records: Sequence[Record]) -> None:
+        furthest: dict[int, Position] = {}
+        for r in records:
+            if r.position > furthest.get(r.partition, Position(-1, -1)):
+                furthest[r.partition] = r.position
+        await conn.execute(
+            """INSERT INTO amem_positions AS p
+               SELECT $1, * FROM unnest($2::int[], $3::bigint[], $4::bigint[])
+               ON CONFLICT (projector, partition) DO UPDATE
+               SET pos_ms = excluded.pos_ms, pos_seq = excluded.pos_seq
+               WHERE (excluded.pos_ms, excluded.pos_seq) > (p.pos_ms, p.pos_seq)""",
+            self.projector,
+            list(furthest),
+            [p.ms for p in furthest.values()],
+            [p.seq for p in furthest.values()],
+        )
+
+    async def positions(self) -> dict[int, Position]:
+        rows = await self._pool.fetch(
+            "SELECT partition, pos_ms, pos_seq FROM amem_positions WHERE projector = $1",
+            self.projector,
+        )
+        return {r["partition"]: Position(r["pos_ms"], r["pos_seq"]) for r in rows}
+
+    async def count(self) -> int:
+        value = await self._pool.fetchval(f"SELECT count(*) FROM {self.tables[0]}")
+        return int(value)
+
+    async def reset(self) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            for table in self.tables:
+                await conn.execute(f"TRUNCATE {table}")
+            for table in ("amem_erasures", "amem_positions"):
+                await conn.execute(f"DELETE FROM {table} WHERE projector = $1", self.projector)
+
+    async def _digest(self, hash_expr: str, tenant_id: str | None) -> Digest:
+        query = f"SELECT tenant_id, session_id, message_id, {hash_expr} AS h FROM {self.tables[0]}"
+        if tenant_id is None:
+            rows = await self._pool.fetch(query)
+        else:
+            rows = await self._pool.fetch(query + " WHERE tenant_id = $1", tenant_id)
+        digest: Digest = {}
+        for r in rows:
+            digest.setdefault((r["tenant_id"], r["session_id"]), {})[r["message_id"]] = r["h"]
+        return digest
+
+
+async def _lock_sessions(conn: Connection, sessions: set[SessionKey]) -> None:
+    # Sorted, so two transactions over overlapping sessions cannot deadlock.
+    keys = sorted(f"{t}|{s}" for t, s in sessions)
+    await conn.execute(
+        "SELECT pg_advisory_xact_lock(hashtextextended(k, 0))"
+        " FROM unnest($1::text[]) WITH ORDINALITY AS u(k, i) ORDER BY i",
+        keys,
+    )
+
+
+def _columns(latest: dict[SessionKey, Position]) -> tuple[list[str], list[str]]:
+    return [t for t, _ in latest], [s for _, s in latest]
+
+
+MESSAGE_COLUMNS = (
+    "tenant_id, session_id, message_id, partition, pos_ms, pos_seq, role, name, parent_id,"
+    " agent_id, content, created_at, metadata"
+)
+
+
+class PostgresProjectionStore(PostgresProjection, ProjectionStore):
+    """Messages in log order per session, full text, and the archive of every event."""
+
+    store = "postgres"
+    tables = ("amem_messages", "amem_archive")
+
+    async def _insert(
+        self, conn: Connection, messages: Sequence[Record], erasures: Sequence[Record]
+    ) -> None:
+        if messages:
+            await conn.execute(
+                f"""INSERT INTO amem_messages AS x ({MESSAGE_COLUMNS})
+                SELECT * FROM unnest(
+                    $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[],
+                    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
+                    $13::timestamptz[], $14::jsonb[]) AS m({MESSAGE_COLUMNS})
+                WHERE {NOT_ERASED}
+                ON CONFLICT (tenant_id, session_id, message_id) DO UPDATE
+                SET partition = excluded.partition, pos_ms = excluded.pos_ms,
+                    pos_seq = excluded.pos_seq, role = excluded.role, name = excluded.name,
+                    parent_id = excluded.parent_id, agent_id = excluded.agent_id,
+                    content = excluded.content, created_at = excluded.created_at,
+                    metadata = excluded.metadata
+                WHERE (excluded.pos_ms, excluded.pos_seq) < (x.pos_ms, x.pos_seq)""",
+                self.projector,
+                *message_columns(messages),
+            )
+        # The archive keeps every event, erasures included, minus erased messages.
+        records = sorted([*messages, *erasures], key=lambda r: r.position)
+        await conn.execute(
+            f"""INSERT INTO amem_archive
+            SELECT m.partition, m.pos_ms, m.pos_seq, m.tenant_id, m.session_id, m.event_type,
+                   m.event
+            FROM unnest($2::int[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
+                        $7::text[], $8::text[])
+                 AS m(partition, pos_ms, pos_seq, tenant_id, session_id, event_type, event)
+            WHERE m.event_type <> 'session.erased' AND {NOT_ERASED}
+               OR m.event_type = 'session.erased'
+            ON CONFLICT DO NOTHING""",
+            self.projector,
+            [r.partition for r in records],
+            [r.position.ms for r in records],
+            [r.position.seq for r in records],
+            [r.event.tenant_id for r in records],
+            [r.event.session_id for r in records],
+            [r.event.TYPE for r in records],
+            [r.raw.decode() for r in records],
+        )
+
+    async def digest(self, tenant_id: str | None = None) -> Digest:
+        return await self._digest("encode(sha256(convert_to(content, 'UTF8')), 'hex')", tenant_id)
+
+    async def session(self, tenant_id: str, session_id: str) -> SessionSummary | None:
+        row = await self._pool.fetchrow(
+            """SELECT count(*) AS n, min(created_at) AS first_at, max(created_at) AS last_at,
+                      array_agg(DISTINCT role || coalesce(':' || name, '')) AS participants,
+                      (array_agg(pos_ms ORDER BY pos_ms DESC, pos_seq DESC))[1] AS ms,
+                      (array_agg(pos_seq ORDER BY pos_ms DESC, pos_seq DESC))[1] AS seq
+               FROM amem_messages WHERE tenant_id = $1 AND session_id = $2""",
+            tenant_id,
+            session_id,
+        )
+        if row is None or row["n"] == 0:
+            return None
+        return SessionSummary(
+            tenant_id=tenant_id,
+            session_id=session_id,
+            message_count=row["n"],
+            participants=frozenset(row["participants"]),
+            first_at=row["first_at"],
+            last_at=row["last_at"],
+            last_position=Position(row["ms"], row["seq"]),
+        )
+
+
+def message_columns(messages: Sequence[Record]) -> list[list[Any]]:
+    ms = [r.message.message for r in messages]
+    return [
+        [m.tenant_id for m in ms],
+        [m.session_id for m in ms],
+        [m.id for m in ms],
+        [r.partition for r in messages],
+        [r.position.ms for r in messages],
+        [r.position.seq for r in messages],
+        [m.role for m in ms],
+        [m.name for m in ms],
+        [m.parent_id for m in ms],
+        [m.agent_id for m in ms],
+        [m.content for m in ms],
+        [m.created_at for m in ms],
+        [orjson.dumps(m.metadata).decode() for m in ms],
+    ]

@@ -1,0 +1,449 @@
+"""Weaviate (weaviate-client v4, async): vector recall with one Weaviate tenant per tenant.
+
+Written against the weaviate-client 4.24 source and type-checked, but not yet run against
+a live Weaviate server: the contract suite runs only where ``AMEM_TEST_WEAVIATE_URL`` is set.
+
+Layout. Both collections use native multi-tenancy: an Atomic Memory tenant is a Weaviate
+tenant, which is a shard of its own. Every read goes through ``collection.with_tenant(...)``,
+so one tenant's query can never reach another tenant's objects. Reads also filter on the
+``tenant_id`` property. Tenants are created on first insert (``auto_tenant_creation``).
+
+- ``<collection>`` (default ``AmemMessage``): one object per message, uuid
+  :func:`message_uuid` (the same ids as Qdrant's points), a self-provided vector in an HNSW
+  index with cosine distance, and properties ``tenant_id, session_id, message_id, pos_ms,
+  pos_seq, content_hash, role, created_at, tokens, model``.
+- ``<collection>Erasure``: erase tombstones without vectors, one object per erase event
+  (uuid :func:`erasure_uuid`). Readers take the furthest. Writing one also deletes the
+  session's tombstones from before it, as for Qdrant. A worker creates a tenant's shard
+  here the first time it reads that tenant's tombstones, so that read is one query.
+
+Positions travel to Weaviate as JSON-like doubles (the client's gRPC ``Struct``), so they
+are exact up to 2**53, far beyond any stream id's milliseconds or sequence in practice.
+
+Weaviate tenant names allow ``[A-Za-z0-9_-]{1,64}``, ids allow more: :func:`tenant_name`
+maps one to the other without collisions.
+
+The adapter asks for ``skip_init_checks``. Without it, ``connect()`` also asks PyPI for
+the latest client version and raises a DeprecationWarning when this one is older. That is a
+network call from every worker, and the test suite turns warnings into errors. The gRPC
+channel is therefore first tested by the first query.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from typing import Any, ClassVar, TypeVar
+from urllib.parse import urlsplit
+
+import weaviate
+from weaviate.classes.config import Property
+from weaviate.classes.data import DataObject
+from weaviate.classes.init import Auth
+from weaviate.classes.query import Filter, MetadataQuery
+from weaviate.collections import CollectionAsync
+from weaviate.collections.classes.batch import BatchObjectReturn
+from weaviate.exceptions import WeaviateBaseError
+
+from projectors.errors import ApplyError, ProjectorError, StoreUnavailableError
+from projectors.position import Position
+from projectors.records import Digest, Record, SessionKey
+from projectors.store import Hit, TombstoneProjection, VectorStore
+from projectors.stores.point_ids import erasure_uuid, message_uuid
+from projectors.stores.weaviate_support import (
+    ERASURE_PROPERTIES,
+    MESSAGE_PROPERTIES,
+    MULTI_TENANCY,
+    UNREACHABLE,
+    VECTOR,
+    sessions_upto,
+    tenant_filter,
+    tenant_name,
+    unavailable,
+    unreachable,
+    vector_config,
+)
+from schemas.errors import ConfigurationError
+
+T = TypeVar("T")
+
+PAGE = 1000
+"""Objects per cursor page (``digest``)."""
+TOMBSTONE_LIMIT = 10_000
+"""Tombstones one query may return: Weaviate's default QUERY_MAXIMUM_RESULTS."""
+
+_MESSAGE_FIELDS = ["tenant_id", "session_id", "message_id", "content_hash"]
+_TOMBSTONE_FIELDS = ["tenant_id", "session_id", "pos_ms", "pos_seq"]
+
+
+class WeaviateVectorStore(TombstoneProjection, VectorStore):
+    store = "weaviate"
+    transient_errors: ClassVar[tuple[type[BaseException], ...]] = (
+        *UNREACHABLE,
+        StoreUnavailableError,  # any other client error caused by one of those, see unavailable()
+    )
+
+    def __init__(
+        self,
+        *,
+        url: str,
+        collection: str = "AmemMessage",
+        api_key: str | None = None,
+        grpc_port: int = 50051,
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ConfigurationError(f"the Weaviate URL must be http(s)://host[:port], not {url!r}")
+        self._secure = parts.scheme == "https"
+        self._host = parts.hostname
+        self._port = parts.port or (443 if self._secure else 80)
+        self._grpc_port = grpc_port
+        self._api_key = api_key
+        self.collection = collection
+        self.erasures = f"{collection}Erasure"
+        self._client: weaviate.WeaviateAsyncClient | None = None
+        self._erasure_tenants: set[str] = set()
+        """Tenants known to exist in the erasure collection (never a negative: see below)."""
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        with unavailable():
+            if self._client is None:
+                client = weaviate.use_async_with_custom(
+                    http_host=self._host,
+                    http_port=self._port,
+                    http_secure=self._secure,
+                    grpc_host=self._host,
+                    grpc_port=self._grpc_port,
+                    grpc_secure=self._secure,
+                    auth_credentials=Auth.api_key(self._api_key) if self._api_key else None,
+                    skip_init_checks=True,  # see the module docstring
+                )
+                try:
+                    await client.connect()
+                except BaseException:
+                    await client.close()
+                    raise
+                self._client = client
+            await self._create_missing()
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.close()
+
+    async def reset(self) -> None:
+        with unavailable():
+            await self._require().collections.delete([self.collection, self.erasures])
+            self._erasure_tenants.clear()
+            await self._create_missing()
+
+    async def _create_missing(self) -> None:
+        await self._create_collection(self.collection, MESSAGE_PROPERTIES, indexed=True)
+        await self._create_collection(self.erasures, ERASURE_PROPERTIES, indexed=False)
+
+    async def _create_collection(
+        self, name: str, properties: list[Property], *, indexed: bool
+    ) -> None:
+        collections = self._require().collections
+        if await collections.exists(name):
+            return
+        try:
+            await collections.create(
+                name,
+                properties=properties,
+                vector_config=vector_config(indexed=indexed),
+                multi_tenancy_config=MULTI_TENANCY,
+            )
+        except WeaviateBaseError:
+            if not await collections.exists(name):
+                raise
+            # Another worker created it between our check and our create.
+
+    def _require(self) -> weaviate.WeaviateAsyncClient:
+        if self._client is None:
+            raise RuntimeError("WeaviateVectorStore.start() has not been awaited")
+        return self._client
+
+    def _messages(self) -> CollectionAsync:
+        return self._require().collections.use(self.collection)
+
+    def _erasures(self) -> CollectionAsync:
+        return self._require().collections.use(self.erasures)
+
+    async def _in_tenant(
+        self,
+        collection: CollectionAsync,
+        tenant_id: str,
+        call: Callable[[CollectionAsync], Awaitable[T]],
+        missing: T,
+    ) -> T:
+        """``call`` on the tenant's shard; ``missing`` when the tenant has none yet.
+
+        Reads and deletes do not create tenants. Checking existence only after a failure
+        keeps it off the common path.
+        """
+        name = tenant_name(tenant_id)
+        try:
+            return await call(collection.with_tenant(name))
+        except WeaviateBaseError as exc:
+            if unreachable(exc) or await collection.tenants.exists(name):
+                raise
+            return missing
+
+    # -- writes ----------------------------------------------------------------------------
+
+    async def apply(self, records: Sequence[Record]) -> None:
+        with unavailable():
+            await super().apply(records)
+
+    async def _upsert(self, messages: Sequence[Record]) -> None:
+        by_tenant: dict[str, list[DataObject[Any, None]]] = {}
+        for record in messages:
+            by_tenant.setdefault(record.event.tenant_id, []).append(_message_object(record))
+        messages_collection = self._messages()
+
+        async def insert(tenant_id: str, objects: list[DataObject[Any, None]]) -> None:
+            shard = messages_collection.with_tenant(tenant_name(tenant_id))
+            _refused(await shard.data.insert_many(objects), self.collection)
+
+        # One insert_many (one round trip) per tenant, the tenants concurrently.
+        await asyncio.gather(*(insert(t, objects) for t, objects in by_tenant.items()))
+
+    async def _write_tombstones(self, erased: dict[SessionKey, Position]) -> None:
+        erasures = self._erasures()
+
+        async def write(tenant_id: str, sessions: dict[str, Position]) -> None:
+            shard = erasures.with_tenant(tenant_name(tenant_id))
+            objects: list[DataObject[Any, None]] = [
+                DataObject(
+                    properties={
+                        "tenant_id": tenant_id,
+                        "session_id": session_id,
+                        "pos_ms": position.ms,
+                        "pos_seq": position.seq,
+                    },
+                    uuid=erasure_uuid(tenant_id, session_id, position),
+                )
+                for session_id, position in sessions.items()
+            ]
+            _refused(await shard.data.insert_many(objects), self.erasures)
+            # Only after the new ones exist: drop the tombstones they supersede.
+            await shard.data.delete_many(where=sessions_upto(tenant_id, sessions, False))
+
+        await asyncio.gather(*(write(t, s) for t, s in _by_tenant(erased).items()))
+
+    async def _provision_erasures(self, tenant_ids: Iterable[str]) -> None:
+        """Give these tenants a shard in the erasure collection, once per process.
+
+        A tenant that was never erased has no shard there (only an insert creates one), and
+        reading a missing shard costs a failed query plus an existence check on every batch.
+        Only existence is cached: caching "no shard" would miss a tombstone another worker
+        writes next, which is exactly what the re-read after each write must see.
+        """
+        names = sorted({tenant_name(t) for t in tenant_ids} - self._erasure_tenants)
+        if not names:
+            return
+        tenants = self._erasures().tenants
+        try:
+            await tenants.create(names)
+        except WeaviateBaseError as exc:  # some already exist (the server may refuse them)
+            if unreachable(exc) or len(await tenants.get_by_names(names)) != len(names):
+                raise
+        self._erasure_tenants.update(names)
+
+    async def _tombstones(self, sessions: Iterable[SessionKey]) -> dict[SessionKey, Position]:
+        wanted: dict[str, set[str]] = {}
+        for tenant_id, session_id in sessions:
+            wanted.setdefault(tenant_id, set()).add(session_id)
+        await self._provision_erasures(wanted)
+        erasures = self._erasures()
+
+        async def read(tenant_id: str, session_ids: set[str]) -> dict[SessionKey, Position]:
+            which = tenant_filter(tenant_id) & Filter.any_of(
+                [Filter.by_property("session_id").equal(s) for s in sorted(session_ids)]
+            )
+            result = await self._in_tenant(
+                erasures,
+                tenant_id,
+                lambda shard: shard.query.fetch_objects(
+                    filters=which, limit=TOMBSTONE_LIMIT, return_properties=_TOMBSTONE_FIELDS
+                ),
+                None,
+            )
+            if result is None:  # dropped by someone else's reset since we provisioned it
+                self._erasure_tenants.discard(tenant_name(tenant_id))
+                return {}
+            if len(result.objects) >= TOMBSTONE_LIMIT:
+                raise ProjectorError(
+                    f"more than {TOMBSTONE_LIMIT} tombstones for {len(session_ids)} sessions of"
+                    f" tenant {tenant_id!r}: apply smaller batches"
+                )
+            found: dict[SessionKey, Position] = {}
+            for obj in result.objects:
+                props = obj.properties
+                key = (str(props["tenant_id"]), str(props["session_id"]))
+                position = Position(_as_int(props["pos_ms"]), _as_int(props["pos_seq"]))
+                if key[0] == tenant_id and (key not in found or position > found[key]):
+                    found[key] = position
+            return found
+
+        found: dict[SessionKey, Position] = {}
+        for part in await asyncio.gather(*(read(t, s) for t, s in wanted.items())):
+            found.update(part)
+        return found
+
+    async def _delete_upto(self, erased: dict[SessionKey, Position]) -> None:
+        messages_collection = self._messages()
+
+        async def delete(tenant_id: str, sessions: dict[str, Position]) -> None:
+            which = sessions_upto(tenant_id, sessions, True)
+
+            async def drain(shard: CollectionAsync) -> None:
+                # One call deletes at most QUERY_MAXIMUM_RESULTS objects: repeat until none match.
+                while True:
+                    result = await shard.data.delete_many(where=which)
+                    if result.failed:
+                        raise ApplyError(
+                            f"weaviate failed to delete {result.failed} objects of tenant"
+                            f" {tenant_id!r} from {self.collection!r}"
+                        )
+                    if not result.successful:
+                        return
+
+            await self._in_tenant(messages_collection, tenant_id, drain, None)
+
+        await asyncio.gather(*(delete(t, s) for t, s in _by_tenant(erased).items()))
+
+    # -- reads -----------------------------------------------------------------------------
+
+    async def digest(self, tenant_id: str | None = None) -> Digest:
+        messages_collection = self._messages()
+        out: Digest = {}
+
+        async def scan(shard: CollectionAsync) -> None:
+            after = None
+            while True:
+                page = await shard.query.fetch_objects(
+                    limit=PAGE, after=after, return_properties=_MESSAGE_FIELDS
+                )
+                for obj in page.objects:
+                    props = obj.properties
+                    tenant = str(props["tenant_id"])
+                    if tenant_id is None or tenant == tenant_id:
+                        session = (tenant, str(props["session_id"]))
+                        out.setdefault(session, {})[str(props["message_id"])] = str(
+                            props["content_hash"]
+                        )
+                if len(page.objects) < PAGE:
+                    return
+                after = page.objects[-1].uuid
+
+        with unavailable():
+            if tenant_id is not None:
+                await self._in_tenant(messages_collection, tenant_id, scan, None)
+            else:
+                for name in await messages_collection.tenants.get():
+                    await scan(messages_collection.with_tenant(name))
+        return out
+
+    async def count(self) -> int:
+        messages_collection = self._messages()
+
+        async def count_tenant(name: str) -> int:
+            result = await messages_collection.with_tenant(name).aggregate.over_all(
+                total_count=True
+            )
+            return result.total_count or 0
+
+        with unavailable():
+            names = list(await messages_collection.tenants.get())
+            return sum(await asyncio.gather(*(count_tenant(n) for n in names)))
+
+    async def nearest(
+        self,
+        tenant_id: str,
+        vector: Sequence[float],
+        *,
+        limit: int = 10,
+        session_id: str | None = None,
+    ) -> list[Hit]:
+        if limit < 1:
+            return []
+        which = tenant_filter(tenant_id)
+        if session_id is not None:
+            which = which & Filter.by_property("session_id").equal(session_id)
+        with unavailable():
+            result = await self._in_tenant(
+                self._messages(),
+                tenant_id,
+                lambda shard: shard.query.near_vector(
+                    near_vector=list(vector),
+                    target_vector=VECTOR,
+                    limit=limit,
+                    filters=which,
+                    return_metadata=MetadataQuery(distance=True),
+                    return_properties=["session_id", "message_id"],
+                ),
+                None,
+            )
+        if result is None:
+            return []
+        hits = []
+        for obj in result.objects:
+            distance = obj.metadata.distance
+            hits.append(
+                Hit(
+                    session_id=str(obj.properties["session_id"]),
+                    message_id=str(obj.properties["message_id"]),
+                    # Weaviate's cosine distance is 1 - cosine similarity.
+                    score=1.0 - (distance if distance is not None else 1.0),
+                )
+            )
+        return hits
+
+
+def _message_object(record: Record) -> DataObject[Any, None]:
+    msg = record.message.message
+    enrichment = record.enrichment
+    if enrichment is None:
+        raise ApplyError(f"weaviate applies enriched records only; message {msg.id!r} has none")
+    return DataObject(
+        properties={
+            "tenant_id": msg.tenant_id,
+            "session_id": msg.session_id,
+            "message_id": msg.id,
+            "pos_ms": record.position.ms,
+            "pos_seq": record.position.seq,
+            "content_hash": record.content_hash,
+            "role": msg.role,
+            "created_at": msg.created_at,
+            "tokens": enrichment.tokens,
+            "model": enrichment.model,
+        },
+        uuid=message_uuid(msg.tenant_id, msg.session_id, msg.id),
+        vector={VECTOR: list(enrichment.vector)},
+    )
+
+
+def _refused(result: BatchObjectReturn, collection: str) -> None:
+    """Raise when Weaviate refused part of an ``insert_many`` (it reports, never raises)."""
+    if result.errors:
+        first = next(iter(result.errors.values()))
+        raise ApplyError(
+            f"weaviate refused {len(result.errors)} objects of {collection!r}: {first.message}"
+        )
+
+
+def _by_tenant(erased: dict[SessionKey, Position]) -> dict[str, dict[str, Position]]:
+    out: dict[str, dict[str, Position]] = {}
+    for (tenant_id, session_id), position in erased.items():
+        out.setdefault(tenant_id, {})[session_id] = position
+    return out
+
+
+def _as_int(value: object) -> int:
+    if isinstance(value, int | float | str):
+        return int(value)
+    raise ProjectorError(f"weaviate returned {value!r} where an integer was stored")

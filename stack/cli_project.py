@@ -1,0 +1,264 @@
+"""``amem project …``, ``amem verify`` and ``amem dlq …``: running and checking projectors."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Annotated, Any
+
+import redis.asyncio as aioredis
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+from rich.table import Table
+
+from projectors.deadletter import list_dead_letters, retry_dead_letters
+from projectors.lag import GroupState, group_states
+from schemas.constants import ENRICHER, group_name
+from schemas.errors import ConfigurationError
+from stack import worker_pool
+from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
+from stack.projections import PROJECTORS, build_store, qdrant_is_local, reads_enriched, select
+from stack.settings import Settings
+from stack.verifying import verify_now
+
+project_app = typer.Typer(no_args_is_help=True, help="Run, watch and rebuild projector workers.")
+dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and retry dead-lettered entries.")
+
+ProjectorOpt = Annotated[
+    list[str] | None,
+    typer.Option("--projector", "-p", help=f"Repeatable; default: all of {', '.join(PROJECTORS)}."),
+]
+WorkersOpt = Annotated[int, typer.Option("--workers", "-w", min=1, help="Worker processes.")]
+
+
+@project_app.command("run")
+@one_line_errors
+def run(projector: ProjectorOpt = None, workers: WorkersOpt = 1) -> None:
+    """Run workers in the foreground until SIGINT/SIGTERM (each finishes its batch in hand)."""
+    raise typer.Exit(worker_pool.run(Settings.from_env(), projector, workers))
+
+
+@project_app.command("start")
+@one_line_errors
+def start(projector: ProjectorOpt = None, workers: WorkersOpt = 1, json: JsonFlag = False) -> None:
+    """Start workers in the background (harmless when they already run)."""
+    settings = Settings.from_env()
+    pids = worker_pool.start(settings, projector, workers)
+    if json:
+        print_json({"pids": pids})
+    else:
+        out.print(f"workers running: {', '.join(map(str, pids))} (logs in {settings.home}/logs)")
+
+
+@project_app.command("stop")
+@one_line_errors
+def stop(json: JsonFlag = False) -> None:
+    """Stop background workers: SIGTERM, then SIGKILL after the graceful timeout."""
+    pids = worker_pool.stop(Settings.from_env())
+    if json:
+        print_json({"stopped": pids})
+    else:
+        out.print(f"stopped: {', '.join(map(str, pids)) or 'no worker was running'}")
+
+
+async def _states(settings: Settings, names: list[str]) -> list[GroupState]:
+    redis = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        return await group_states(redis, names, settings.runtime.partitions, reads_enriched)
+    finally:
+        await redis.aclose()
+
+
+def _remaining(states: list[GroupState], name: str) -> int:
+    return sum((s.lag or 0) + s.pending for s in states if s.projector == name)
+
+
+@project_app.command("wait")
+@one_line_errors
+def wait(
+    projector: ProjectorOpt = None,
+    timeout: Annotated[float, typer.Option(help="Seconds before giving up (exit 1).")] = 600,
+    json: JsonFlag = False,
+) -> None:
+    """Wait until the projectors have applied the whole log, with a progress bar each."""
+    settings = Settings.from_env()
+    names = list(select(settings, projector))
+    deadline = time.monotonic() + timeout
+    states = asyncio.run(_states(settings, names))
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=json,
+    ) as progress:
+        totals = {n: max(_remaining(states, n), 1) for n in names}
+        tasks = {n: progress.add_task(n, total=totals[n]) for n in names}
+        while True:
+            for n in names:
+                left = _remaining(states, n)
+                if left > totals[n]:  # more traffic arrived: grow the bar
+                    totals[n] = left
+                    progress.update(tasks[n], total=left)
+                progress.update(tasks[n], completed=totals[n] - left)
+            if all(_remaining(states, n) == 0 for n in names):
+                break
+            if time.monotonic() > deadline:
+                behind = {n: _remaining(states, n) for n in names if _remaining(states, n)}
+                raise ConfigurationError(f"projectors still behind after {timeout:.0f} s: {behind}")
+            time.sleep(0.25)
+            states = asyncio.run(_states(settings, names))
+    if json:
+        print_json({"caught_up": names})
+
+
+@project_app.command("rebuild")
+@one_line_errors
+def rebuild(
+    name: Annotated[str, typer.Argument(help="The projection to rebuild from the log.")],
+    json: JsonFlag = False,
+) -> None:
+    """Empty one projection and replay it from the start of its stream.
+
+    Vector stores replay the enriched stream: nothing is embedded again.
+    """
+    settings = Settings.from_env()
+    if name == ENRICHER:
+        raise ConfigurationError("the enricher is not rebuilt: its stream is the stored vectors")
+    select(settings, [name])
+    if name == "qdrant" and qdrant_is_local(settings) and worker_pool.running(settings):
+        raise ConfigurationError(
+            "Qdrant local mode is open in a worker: `amem project stop` first, or use a server"
+        )
+
+    async def reset() -> None:
+        store = build_store(settings, name)
+        await store.start()
+        try:
+            await store.reset()
+        finally:
+            await store.close()
+        redis = aioredis.Redis.from_url(settings.require_redis())
+        try:
+            for state in await _states(settings, [name]):
+                # Back to the start; ENTRIESREAD 0 keeps the group's lag figure right.
+                await redis.xgroup_setid(state.stream, group_name(name), "0", entries_read=0)
+        finally:
+            await redis.aclose()
+
+    asyncio.run(reset())
+    if json:
+        print_json({"rebuilding": name})
+    else:
+        out.print(f"{name}: emptied; its workers replay it from the start")
+
+
+@one_line_errors
+def verify(
+    projector: ProjectorOpt = None,
+    tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Prove each projection equals the log (ids, count, content hash per session).
+
+    Exits 1 naming every difference, or a projection that could not be read.
+    """
+    settings = Settings.from_env()
+    names = list(select(settings, projector))
+    verdicts, invalid = verify_now(settings, names, tenant)
+    if json:
+        print_json(
+            {
+                "ok": all(v.ok for v in verdicts),
+                "invalid_log_entries": invalid,
+                "projections": [v.as_json() for v in verdicts],
+            }
+        )
+    else:
+        table = Table("projection", "sessions", "messages", "verdict", title="verify")
+        for v in verdicts:
+            verdict = "[green]equal to the log[/]" if v.ok else f"[red]{v.error or 'differs'}[/]"
+            table.add_row(v.projection, str(v.sessions), str(v.messages), verdict)
+        out.print(table)
+        if invalid:
+            out.print(f"{invalid} invalid log entries (dead-lettered, not messages)")
+        for v in verdicts:
+            for d in v.differences:
+                err.print(f"{v.projection}: {d}", highlight=False)
+    if not all(v.ok for v in verdicts):
+        raise typer.Exit(1)
+
+
+@dlq_app.command("list")
+@one_line_errors
+def dlq_list(
+    projector: ProjectorOpt = None,
+    count: Annotated[int, typer.Option(help="At most this many per projector.")] = 20,
+    json: JsonFlag = False,
+) -> None:
+    """Dead letters: which entry, from which stream, and why."""
+    settings = Settings.from_env()
+
+    async def read() -> list[Any]:
+        redis = aioredis.Redis.from_url(settings.require_redis())
+        try:
+            return [
+                letter
+                for name in select(settings, projector)
+                for letter in await list_dead_letters(redis, name, count=count)
+            ]
+        finally:
+            await redis.aclose()
+
+    letters = asyncio.run(read())
+    if json:
+        print_json(
+            [
+                {
+                    k: getattr(x, k)
+                    for k in (
+                        "id",
+                        "projector",
+                        "stream",
+                        "entry_id",
+                        "reason",
+                        "deliveries",
+                        "failed_at",
+                    )
+                }
+                for x in letters
+            ]
+        )
+        return
+    table = Table("projector", "dlq id", "stream", "entry", "deliveries", "reason")
+    for x in letters:
+        table.add_row(x.projector, x.id, x.stream, x.entry_id, str(x.deliveries), x.reason)
+    out.print(table)
+
+
+@dlq_app.command("retry")
+@one_line_errors
+def dlq_retry(
+    projector: Annotated[str, typer.Option("--projector", "-p", help="Whose dead letters.")],
+    ids: Annotated[
+        list[str] | None, typer.Option("--id", help="Dead-letter ids; default all.")
+    ] = None,
+    json: JsonFlag = False,
+) -> None:
+    """Put dead letters back on their stream (every group re-reads them; stores are idempotent)."""
+    settings = Settings.from_env()
+    select(settings, [projector])
+
+    async def retry() -> int:
+        redis = aioredis.Redis.from_url(settings.require_redis())
+        try:
+            return await retry_dead_letters(redis, projector, ids)
+        finally:
+            await redis.aclose()
+
+    n = asyncio.run(retry())
+    if json:
+        print_json({"retried": n})
+    else:
+        out.print(f"{projector}: {n} dead letters put back on their streams")

@@ -1,0 +1,95 @@
+"""Which projectors exist, and each one's store built from :class:`~stack.settings.Settings`.
+
+Adapter modules are imported only when their store is used: the Weaviate and Neo4j clients
+cost start-up time a worker that does not use them should not pay.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from projectors.enricher import Enricher
+from projectors.hooks import Middleware
+from projectors.projector import Projector, StoreProjector
+from projectors.store import Projection
+from schemas.constants import ENRICHER
+from schemas.errors import ConfigurationError
+from stack.settings import Settings
+
+STORES = ("postgres", "mongo", "pgvector", "qdrant", "graph", "weaviate")
+"""Projection names, in the order status and verify list them."""
+PROJECTORS = (ENRICHER, *STORES)
+READ_ENRICHED = frozenset({"pgvector", "qdrant", "graph", "weaviate"})
+"""Projections fed by the enriched stream (their stores' ``needs_enrichment``; a test checks)."""
+
+
+def configured(settings: Settings) -> tuple[str, ...]:
+    """Every projector whose store is configured (Weaviate only with AMEM_WEAVIATE_URL)."""
+    return tuple(p for p in PROJECTORS if p != "weaviate" or settings.weaviate_url)
+
+
+def select(settings: Settings, names: Sequence[str] | None = None) -> tuple[str, ...]:
+    chosen = tuple(names or settings.projectors or configured(settings))
+    for name in chosen:
+        if name not in PROJECTORS:
+            raise ConfigurationError(
+                f"unknown projector {name!r}; expected one of {', '.join(PROJECTORS)}"
+            )
+        if name not in configured(settings):
+            raise ConfigurationError(f"projector {name!r} needs AMEM_WEAVIATE_URL")
+    return chosen
+
+
+def reads_enriched(name: str) -> bool:
+    return name in READ_ENRICHED
+
+
+def qdrant_is_local(settings: Settings) -> bool:
+    return settings.qdrant_url is None
+
+
+def build_store(settings: Settings, name: str) -> Projection:
+    if name == "postgres":
+        from projectors.stores.postgres import PostgresProjectionStore
+
+        return PostgresProjectionStore(url=settings.require_postgres())
+    if name == "pgvector":
+        from projectors.stores.pgvector import PgvectorVectorStore
+
+        return PgvectorVectorStore(url=settings.require_postgres())
+    if name == "mongo":
+        from projectors.stores.mongo import MongoProjectionStore
+
+        return MongoProjectionStore(url=settings.require_mongo())
+    if name == "qdrant":
+        from projectors.stores.qdrant import QdrantVectorStore
+
+        if settings.qdrant_url is not None:
+            return QdrantVectorStore(url=settings.qdrant_url)
+        settings.qdrant_path.mkdir(parents=True, exist_ok=True)
+        return QdrantVectorStore(path=str(settings.qdrant_path))
+    if name == "graph":
+        if settings.neo4j_url is not None:
+            from projectors.stores.neo4j import Neo4jGraphStore
+
+            return Neo4jGraphStore(
+                url=settings.neo4j_url,
+                user=settings.neo4j_user,
+                password=settings.neo4j_password,
+            )
+        from projectors.stores.falkordb import FalkorDBGraphStore
+
+        return FalkorDBGraphStore(url=settings.require_redis())
+    if name == "weaviate":
+        from projectors.stores.weaviate import WeaviateVectorStore
+
+        if settings.weaviate_url is None:
+            raise ConfigurationError("projector 'weaviate' needs AMEM_WEAVIATE_URL")
+        return WeaviateVectorStore(url=settings.weaviate_url, api_key=settings.weaviate_api_key)
+    raise ConfigurationError(f"unknown store {name!r}; expected one of {', '.join(STORES)}")
+
+
+def build_projector(settings: Settings, name: str, hooks: Middleware) -> Projector:
+    if name == ENRICHER:
+        return Enricher(threads=settings.embed_threads, hooks=hooks)
+    return StoreProjector(build_store(settings, name), name=name)

@@ -1,0 +1,69 @@
+"""Where ``amem verify`` reads each projection's digest from.
+
+Every store is opened directly, except one that a running worker holds exclusively (Qdrant
+in local mode): that worker is asked for the digest over the log server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import orjson
+import redis.asyncio as aioredis
+from faststream.redis import RedisBroker
+
+from projectors.records import Digest
+from rehydrator.verify import DigestSource, Verdict, enriched_digest, log_digest, verify
+from schemas.constants import ENRICHER, digest_request_key
+from stack.projections import build_store, qdrant_is_local
+from stack.settings import Settings
+from stack.worker_pool import running
+
+ASK_TIMEOUT_S = 120.0
+
+
+async def _from_store(settings: Settings, name: str, tenant_id: str | None) -> Digest:
+    store = build_store(settings, name)
+    try:
+        await store.start()
+        return await store.digest(tenant_id)
+    finally:
+        await store.close()
+
+
+async def _from_worker(settings: Settings, name: str, tenant_id: str | None) -> Digest:
+    async with RedisBroker(settings.require_redis()) as broker:
+        reply = await broker.request(
+            {"tenant_id": tenant_id}, list=digest_request_key(name), timeout=ASK_TIMEOUT_S
+        )
+    rows = orjson.loads(reply.body)
+    return {(t, s): ids for t, s, ids in rows}
+
+
+async def run_verify(
+    settings: Settings, names: Sequence[str], tenant_id: str | None
+) -> tuple[list[Verdict], int]:
+    """Verdicts per projection, and the number of invalid log entries."""
+    redis = aioredis.Redis.from_url(settings.require_redis())
+    partitions, limits = settings.runtime.partitions, settings.runtime.limits
+    try:
+        expected, invalid = await log_digest(redis, partitions, tenant_id=tenant_id, limits=limits)
+
+        def source(name: str) -> DigestSource:
+            if name == ENRICHER:
+                return lambda t: enriched_digest(redis, partitions, tenant_id=t, limits=limits)
+            if name == "qdrant" and qdrant_is_local(settings) and running(settings):
+                return lambda t: _from_worker(settings, name, t)
+            return lambda t: _from_store(settings, name, t)
+
+        verdicts = await verify(expected, {n: source(n) for n in names}, tenant_id=tenant_id)
+    finally:
+        await redis.aclose()
+    return verdicts, invalid
+
+
+def verify_now(
+    settings: Settings, names: Sequence[str], tenant_id: str | None
+) -> tuple[list[Verdict], int]:
+    return asyncio.run(run_verify(settings, names, tenant_id))

@@ -1,0 +1,54 @@
+"""Projector worker processes: one FastStream app per process, any number of processes.
+
+``amem project run --workers N`` starts N processes of ``python -m stack.workers``. In the
+embedded default Qdrant runs in local mode, which one process at a time may open: only the
+first worker runs the ``qdrant`` projector, the others run every other projector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+
+from projectors.metrics import PrometheusMiddleware
+from projectors.runtime import Worker
+from stack.projections import build_projector, qdrant_is_local, select
+from stack.settings import Settings
+
+WORKER_INDEX_VAR = "AMEM_WORKER_INDEX"
+
+
+def share(settings: Settings, names: Sequence[str], workers: int) -> list[tuple[str, ...]]:
+    """The projectors each of ``workers`` processes runs."""
+    shared = tuple(n for n in names if not (n == "qdrant" and qdrant_is_local(settings)))
+    return [tuple(names) if i == 0 else shared for i in range(workers)]
+
+
+def build_worker(settings: Settings, names: Sequence[str] | None = None) -> Worker:
+    index = int(os.environ.get(WORKER_INDEX_VAR, "0"))
+    # One port per process: the base port + the worker's index.
+    metrics = PrometheusMiddleware(
+        port=settings.metrics_port + index if settings.metrics_port else 0
+    )
+    projectors = [build_projector(settings, n, metrics) for n in select(settings, names)]
+    return Worker(
+        redis_url=settings.require_redis(),
+        projectors=projectors,
+        settings=settings.runtime,
+        middleware=[metrics],
+    )
+
+
+def main() -> None:
+    logging.basicConfig(
+        level=os.environ.get("AMEM_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
+    )
+    worker = build_worker(Settings.from_env())
+    asyncio.run(worker.app.run())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,193 @@
+"""Worker processes, live traffic and end-to-end checks for the projector fault tests."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+
+from producer import LogUnavailableError, Producer
+from projectors.enricher import embedded_total
+from projectors.lag import group_states
+from rehydrator.verify import Verdict
+from schemas.events import Message
+from stack.projections import build_store, reads_enriched, select
+from stack.settings import Settings
+from stack.verifying import run_verify
+from stack.workers import WORKER_INDEX_VAR, share
+
+FAULT_ENV = {
+    "AMEM_RECLAIM_IDLE_MS": "1500",
+    "AMEM_BATCH_SIZE": "128",
+    "AMEM_MAX_WAIT_MS": "100",
+    "AMEM_GRACEFUL_TIMEOUT_S": "10",
+    "AMEM_EMBED_THREADS": "1",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+}
+NAMES = ("Alice", "Bob", "Lisbon", "Kyoto", "Ada Lovelace", "Mount Fuji", "Paris")
+
+
+def traffic(n: int, *, tenants: int = 2, sessions: int = 200, seed: int = 7) -> list[Message]:
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        a, b = rng.sample(NAMES, 2)
+        out.append(
+            Message(
+                tenant_id=f"tenant-{i % tenants}",
+                session_id=f"s{rng.randrange(sessions)}",
+                id=f"m{i}",
+                role=rng.choice(("user", "assistant")),
+                content=f"{a} told me about {b} on day {i % 97}; note {rng.random():.6f}",
+            )
+        )
+    return out
+
+
+class Workers:
+    """``count`` worker processes sharing the projectors as ``amem project run`` does."""
+
+    def __init__(self, env: dict[str, str], logs: Path, count: int = 2) -> None:
+        self.env = {**env, **FAULT_ENV}
+        self.settings = Settings.from_env(self.env)
+        self.plan = share(self.settings, select(self.settings), count)
+        self.logs = logs
+        self.procs: list[subprocess.Popen[bytes] | None] = [None] * count
+        self.starts = 0
+        self.current_log: list[Path] = [logs] * count
+        self.kills = 0
+
+    def start(self, index: int) -> None:
+        env = {
+            **self.env,
+            "AMEM_PROJECTORS": ",".join(self.plan[index]),
+            WORKER_INDEX_VAR: str(index),
+        }
+        self.starts += 1
+        self.current_log[index] = self.logs / f"worker-{index}-{self.starts}.log"
+        with self.current_log[index].open("ab") as log:
+            self.procs[index] = subprocess.Popen(
+                [sys.executable, "-m", "stack.workers"], env=env, stdout=log, stderr=log
+            )
+
+    async def running(self, index: int) -> None:
+        """Wait until the worker consumes (it logs its consumer name once started)."""
+        while b" runs " not in self.current_log[index].read_bytes():
+            proc = self.procs[index]
+            assert proc is not None
+            assert proc.poll() is None, f"worker {index} died: see {self.current_log[index]}"
+            await asyncio.sleep(0.1)
+
+    def start_all(self) -> None:
+        for i in range(len(self.procs)):
+            self.start(i)
+
+    def kill(self, index: int) -> None:
+        proc = self.procs[index]
+        assert proc is not None
+        assert proc.poll() is None, f"worker {index} died on its own: see {self.logs}"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        self.kills += 1
+
+    def stop_all(self) -> list[int]:
+        """SIGTERM every worker and wait: each finishes its batch in hand."""
+        for proc in self.procs:
+            if proc is not None and proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        return [proc.wait(60) for proc in self.procs if proc is not None]
+
+    def tail(self) -> str:
+        return "\n".join(
+            f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:]
+            for p in sorted(self.logs.glob("worker-*.log"))
+        )
+
+
+async def reset_everything(settings: Settings) -> None:
+    """An empty log and empty stores, so each fault test proves its own end state."""
+    client = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        await client.flushdb()
+    finally:
+        await client.aclose()
+    for name in select(settings):
+        if name == "enricher":
+            continue
+        store = build_store(settings, name)
+        await store.start()
+        try:
+            await store.reset()
+        finally:
+            await store.close()
+
+
+async def flow(
+    settings: Settings, messages: Sequence[Message], *, per_second: float, batch: int = 50
+) -> int:
+    """Append at a steady rate, retrying through log outages (appends are idempotent)."""
+    async with Producer.from_url(settings.require_redis()) as producer:
+        for start in range(0, len(messages), batch):
+            chunk = messages[start : start + batch]
+            while True:
+                try:
+                    await producer.append_many(chunk)
+                    break
+                except (LogUnavailableError, RedisConnectionError, OSError):
+                    await asyncio.sleep(0.2)
+            await asyncio.sleep(len(chunk) / per_second)
+    return len(messages)
+
+
+async def caught_up(settings: Settings) -> None:
+    """Wait until every projector has applied every entry of its stream (callers bound it)."""
+    client = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        while True:
+            try:
+                states = await group_states(
+                    client, select(settings), settings.runtime.partitions, reads_enriched
+                )
+            except RedisConnectionError:  # the log server restarting (or still loading)
+                await asyncio.sleep(0.5)
+                continue
+            if all((s.lag or 0) == 0 and s.pending == 0 for s in states):
+                return
+            await asyncio.sleep(0.5)
+    finally:
+        await client.aclose()
+
+
+async def verify_all(settings: Settings) -> list[Verdict]:
+    verdicts, _ = await run_verify(settings, select(settings), None)
+    return verdicts
+
+
+async def embedded(settings: Settings) -> int:
+    client = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        return await embedded_total(client, settings.runtime.partitions)
+    finally:
+        await client.aclose()
+
+
+def assert_clean(verdicts: Sequence[Verdict], workers: Workers) -> None:
+    bad = [
+        f"{v.projection}: {v.error or [str(d) for d in v.differences[:5]]}"
+        for v in verdicts
+        if not v.ok
+    ]
+    assert not bad, "\n".join(bad) + "\n" + workers.tail()
+
+
+def env_for(stack_env: dict[str, str]) -> dict[str, str]:
+    return {**os.environ, **stack_env, **FAULT_ENV}

@@ -1,0 +1,74 @@
+"""``amem project`` / ``verify`` / ``status`` end to end on LoCoMo, with real worker processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+
+import pytest
+
+from stack.settings import Settings
+from tests.conftest import LOCOMO
+from tests.fault.harness import reset_everything
+from tests.integration.test_cli import amem
+
+LOCOMO_MESSAGES = 2_760
+
+
+@pytest.fixture
+def fresh(stack_env: dict[str, str]) -> Iterator[dict[str, str]]:
+    asyncio.run(reset_everything(Settings.from_env(stack_env)))
+    try:
+        yield stack_env
+    finally:
+        amem(stack_env, "project", "stop")
+
+
+def run_ok(env: dict[str, str], *args: str) -> dict[str, object]:
+    result = amem(env, *args, "--json")
+    assert result.returncode == 0, result.stderr
+    parsed: dict[str, object] = json.loads(result.stdout.strip().splitlines()[-1])
+    return parsed
+
+
+def embedded(env: dict[str, str]) -> int:
+    status = run_ok(env, "status")
+    projectors = status["projectors"]
+    assert isinstance(projectors, dict)
+    return int(projectors["embedded"])
+
+
+def verified(env: dict[str, str]) -> dict[str, int]:
+    report = run_ok(env, "verify")
+    assert report["ok"], report
+    rows = report["projections"]
+    assert isinstance(rows, list)
+    return {row["projection"]: row["messages"] for row in rows}
+
+
+@pytest.mark.timeout(600)
+def test_locomo_is_projected_everywhere_embedded_once_and_a_rebuild_embeds_nothing(
+    fresh: dict[str, str],
+) -> None:
+    env = fresh
+    assert run_ok(env, "import", str(LOCOMO))["appended"] == LOCOMO_MESSAGES
+    run_ok(env, "project", "start")
+    run_ok(env, "project", "wait", "--timeout", "400")
+    counts = verified(env)
+    assert set(counts) >= {"enricher", "postgres", "mongo", "pgvector", "qdrant", "graph"}
+    assert set(counts.values()) == {LOCOMO_MESSAGES}
+    assert embedded(env) == LOCOMO_MESSAGES
+
+    # Qdrant in local mode belongs to the worker: rebuilding it wants the workers stopped.
+    run_ok(env, "project", "stop")
+    run_ok(env, "project", "rebuild", "qdrant")
+    emptied = amem(env, "verify", "--projector", "qdrant", "--json")
+    assert emptied.returncode == 1  # verify names what is missing
+    (row,) = json.loads(emptied.stdout)["projections"]
+    assert row["messages"] == 0
+    assert {d["kind"] for d in row["differences"]} == {"missing"}
+    run_ok(env, "project", "start")
+    run_ok(env, "project", "wait", "--timeout", "400")
+    assert verified(env)["qdrant"] == LOCOMO_MESSAGES
+    assert embedded(env) == LOCOMO_MESSAGES  # the rebuild embedded nothing
