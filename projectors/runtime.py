@@ -165,9 +165,11 @@ class Worker:
 
     async def _after_shutdown(self) -> None:
         self.hooks.after_shutdown()
-        for task in (*self._tasks, *self._reclaimers):
+        loops = (*self._tasks, *self._reclaimers)
+        for task in loops:
             task.cancel()
-        await asyncio.gather(*self._tasks, *self._reclaimers, return_exceptions=True)
+        if loops:
+            await asyncio.wait(loops, timeout=self.settings.graceful_timeout_s)
         try:
             async with asyncio.timeout(self.settings.graceful_timeout_s):
                 if self._redis is not None:
@@ -226,7 +228,9 @@ class Worker:
                     )
 
     async def _watch_lag(self) -> None:
-        while True:
+        # Ends on the stop flag, not on cancellation alone: redis-py can turn a cancelled
+        # command into a ConnectionError, which the loop would take for an outage.
+        while not self._stopping.is_set():
             for p in self.projectors:
                 for n in range(self.settings.partitions):
                     try:
