@@ -185,7 +185,8 @@ async def replay(settings: Settings, projector: Projector, entries: int) -> floa
     group = group_name(projector.name)
     try:
         for n in range(settings.runtime.partitions):
-            await client.xgroup_destroy(projector.source_key(n), group)
+            if await client.exists(projector.source_key(n)):
+                await client.xgroup_destroy(projector.source_key(n), group)
         worker = Worker(
             redis_url=settings.require_redis(), projectors=[projector], settings=settings.runtime
         )
@@ -278,8 +279,11 @@ async def latency(settings: Settings, embedder: Embedder, rate: float, seconds: 
                 await producer.append(message)
                 await asyncio.sleep(1 / rate)
 
+    done = asyncio.Event()
+
     async def poll(name: str) -> None:
-        while True:
+        # Ends on a flag, not on cancel: a client can swallow a cancellation mid-request.
+        while not done.is_set():
             if name == "enricher":
                 digest = await enriched_digest(
                     client, settings.runtime.partitions, tenant_id=tenant
@@ -299,9 +303,8 @@ async def latency(settings: Settings, embedder: Embedder, rate: float, seconds: 
         # Polling: the tiers fill from other tasks' writes; nothing here could signal it.
         while time.perf_counter() < deadline and any(len(s) < len(appended) for s in seen.values()):  # noqa: ASYNC110
             await asyncio.sleep(0.1)
-        for task in pollers:
-            task.cancel()
-        await asyncio.gather(*pollers, return_exceptions=True)
+        done.set()
+        await asyncio.wait(pollers, timeout=30)
     await client.aclose()
     out = {}
     for name, times in seen.items():

@@ -68,6 +68,7 @@ class Enricher(Projector):
         hooks: Middleware | None = None,
     ) -> None:
         self._embedder = embedder
+        self._owns_embedder = embedder is None
         self._threads = threads
         self._hooks = hooks or Middleware()
         self._script: aioredis.client.AsyncScript | None = None  # type: ignore[name-defined]
@@ -77,8 +78,9 @@ class Enricher(Projector):
             self._embedder = Embedder.load(threads=self._threads)
 
     async def close(self) -> None:
-        if self._embedder is not None:
+        if self._owns_embedder and self._embedder is not None:
             self._embedder.close()
+            self._embedder = None
 
     async def apply(self, redis: aioredis.Redis, stream: str, batch: Sequence[Entry]) -> None:
         assert self._embedder is not None, "the enricher has not started"
