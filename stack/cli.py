@@ -128,7 +128,11 @@ def _status_json(
 
 
 def _print_projectors(status: health.ProjectorStatus, workers: list[int]) -> None:
-    running = f"{len(workers)} workers running" if workers else "no worker running"
+    running = (
+        f"{len(workers)} worker{'s' * (len(workers) != 1)} running"
+        if workers
+        else "no worker running"
+    )
     title = f"projectors: {running}, {status.embedded} messages embedded"
     table = Table("projector", "partition", "lag", "pending", "last delivered", "dlq", title=title)
     shown: set[str] = set()
