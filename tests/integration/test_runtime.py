@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import urllib.request
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import pytest
 import redis.asyncio as aioredis
@@ -59,14 +59,9 @@ class FlakyPostgres(PostgresProjectionStore):
 
 
 @pytest.fixture
-async def log(log_url: str) -> AsyncIterator[aioredis.Redis]:
-    """The log server (embedded redis, or Dragonfly where AMEM_TEST_DRAGONFLY_URL is set)."""
-    client = aioredis.Redis.from_url(log_url)
-    await client.flushdb()
-    try:
-        yield client
-    finally:
-        await client.aclose()
+def log(redis_client: aioredis.Redis) -> aioredis.Redis:
+    """The emptied log server: embedded redis, or Dragonfly with AMEM_TEST_DRAGONFLY_URL."""
+    return redis_client
 
 
 @pytest.fixture
