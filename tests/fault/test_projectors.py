@@ -59,6 +59,10 @@ async def _finish(pool: Workers, expected_messages: int | None = None) -> None:
             await caught_up(settings)
     except TimeoutError:
         raise AssertionError("projectors did not catch up\n" + pool.tail()) from None
+    # A worker restarted just before the end may still be importing, before its SIGTERM
+    # handler exists: the default action would kill it (it holds nothing yet).
+    for i in range(len(pool.procs)):
+        await pool.running(i)
     assert pool.stop_all() == [0] * len(pool.procs), "a worker did not exit cleanly on SIGTERM"
     assert_clean(await verify_all(settings), pool)
     if expected_messages is not None:
