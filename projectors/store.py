@@ -15,6 +15,7 @@ from typing import ClassVar
 
 from projectors.position import Position
 from projectors.records import Digest, Record, SessionKey, latest_erasures, split
+from schemas.events import Message
 
 
 class Projection(ABC):
@@ -129,6 +130,50 @@ class Hit:
     session_id: str
     message_id: str
     score: float
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoredMessage:
+    """A message as a store holds it, with its place in the log."""
+
+    message: Message
+    partition: int
+    position: Position
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Turn:
+    """Where a message sits in its session, without its text."""
+
+    message_id: str
+    role: str
+    name: str | None
+    position: Position
+
+
+class HistoryStore(Projection):
+    """Port: a session's messages themselves, in log order, and searched by their words."""
+
+    @abstractmethod
+    async def recent(self, tenant_id: str, session_id: str, *, limit: int) -> list[StoredMessage]:
+        """The session's last ``limit`` messages, in log order."""
+
+    @abstractmethod
+    async def messages(
+        self, tenant_id: str, session_id: str, message_ids: Sequence[str]
+    ) -> list[StoredMessage]:
+        """The given messages the store holds, in log order (unknown ids are left out)."""
+
+    @abstractmethod
+    async def outline(self, tenant_id: str, session_id: str, *, limit: int) -> list[Turn]:
+        """The session's last ``limit`` turns, in log order."""
+
+    @abstractmethod
+    async def lexical(
+        self, tenant_id: str, session_id: str, query: str, *, limit: int
+    ) -> list[Hit]:
+        """Best first by Okapi BM25 of the query's words within the session, over each
+        message's speaker, text and image caption."""
 
 
 class VectorStore(Projection):

@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from producer.settings import ProducerSettings, parse_durability
 from projectors.settings import RuntimeSettings
+from rehydrator.settings import RehydrateSettings
 from schemas.errors import ConfigurationError
 from schemas.limits import Limits
 from stack.embedded.state import StackState
@@ -43,6 +44,9 @@ class Settings:
     """Prometheus metrics of worker i on this port + i (0: none)."""
     """Projectors to run (None: every one whose store is configured)."""
     runtime: RuntimeSettings = field(default_factory=RuntimeSettings)
+    rehydrate: RehydrateSettings = field(default_factory=RehydrateSettings)
+    rehydrate_threads: int = 1
+    """onnxruntime threads of the query embedding (one query at a time: 1 keeps a core free)."""
     redis_appendfsync: str = "everysec"
     redis_port: int = 0
     mongo_port: int = 0
@@ -80,6 +84,13 @@ class Settings:
             graceful_timeout_s=_int(env, "AMEM_GRACEFUL_TIMEOUT_S", 30),
             limits=limits,
         )
+        rehydrate = RehydrateSettings(
+            deadline_ms=_int(env, "AMEM_REHYDRATE_DEADLINE_MS", 80),
+            hedge_after_ms=_int(env, "AMEM_REHYDRATE_HEDGE_MS", 10),
+            recent_turns=_int(env, "AMEM_REHYDRATE_RECENT_TURNS", 4, minimum=0),
+            candidates=_int(env, "AMEM_REHYDRATE_CANDIDATES", 1000),
+            log_tail_entries=_int(env, "AMEM_REHYDRATE_LOG_TAIL_ENTRIES", 20_000),
+        )
         names = env.get("AMEM_PROJECTORS") or ""
         neo4j_url, neo4j_user, neo4j_password = _credentials(env.get("AMEM_NEO4J_URL") or None)
         return cls(
@@ -94,6 +105,8 @@ class Settings:
             embed_threads=_int(env, "AMEM_EMBED_THREADS", 0, minimum=0) or None,
             metrics_port=_int(env, "AMEM_METRICS_PORT", 0, minimum=0),
             runtime=runtime,
+            rehydrate=rehydrate,
+            rehydrate_threads=_int(env, "AMEM_REHYDRATE_THREADS", 1),
             redis_url=env.get("AMEM_REDIS_URL") or running.get("redis"),
             postgres_url=env.get("AMEM_POSTGRES_URL") or running.get("postgres"),
             mongo_url=env.get("AMEM_MONGO_URL") or running.get("mongo"),

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from abc import abstractmethod
 from collections.abc import Sequence
 from typing import Any, ClassVar
@@ -20,11 +21,26 @@ import orjson
 
 from projectors.position import Position
 from projectors.records import Digest, Record, SessionKey, latest_erasures, split
-from projectors.store import Projection, ProjectionStore, SessionSummary
+from projectors.store import (
+    HistoryStore,
+    Hit,
+    Projection,
+    ProjectionStore,
+    SessionSummary,
+    StoredMessage,
+    Turn,
+)
+from schemas.events import Message
 
 Connection = Any  # asyncpg ships no type information
 
-SCHEMA = """
+SEARCHABLE = (
+    "to_tsvector('english', coalesce(name, role) || ': ' || content"
+    " || coalesce(' [image: ' || (metadata->>'blip_caption') || ']', ''))"
+)
+"""What full text indexes: the message as rendered into context (speaker, text, caption)."""
+
+SCHEMA = f"""
 CREATE EXTENSION IF NOT EXISTS vector;
 CREATE TABLE IF NOT EXISTS amem_positions (
     projector text NOT NULL, partition int NOT NULL,
@@ -39,8 +55,19 @@ CREATE TABLE IF NOT EXISTS amem_messages (
     partition int NOT NULL, pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
     role text NOT NULL, name text, parent_id text, agent_id text,
     content text NOT NULL, created_at timestamptz NOT NULL, metadata jsonb NOT NULL,
-    tsv tsvector GENERATED ALWAYS AS (to_tsvector('english', content)) STORED,
+    tsv tsvector GENERATED ALWAYS AS ({SEARCHABLE}) STORED,
     PRIMARY KEY (tenant_id, session_id, message_id));
+-- Tables made before the full text covered speaker and caption: regenerate the column.
+DO $$ BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_attrdef d
+        JOIN pg_attribute a ON a.attrelid = d.adrelid AND a.attnum = d.adnum
+        WHERE d.adrelid = 'amem_messages'::regclass AND a.attname = 'tsv'
+          AND pg_get_expr(d.adbin, d.adrelid) LIKE '%blip_caption%') THEN
+        ALTER TABLE amem_messages DROP COLUMN tsv;
+        ALTER TABLE amem_messages ADD COLUMN tsv tsvector GENERATED ALWAYS AS ({SEARCHABLE}) STORED;
+    END IF;
+END $$;
 CREATE INDEX IF NOT EXISTS amem_messages_log_order
     ON amem_messages (tenant_id, session_id, pos_ms, pos_seq);
 CREATE INDEX IF NOT EXISTS amem_messages_tsv ON amem_messages USING gin (tsv);
@@ -221,10 +248,12 @@ MESSAGE_COLUMNS = (
 )
 
 
-class PostgresProjectionStore(PostgresProjection, ProjectionStore):
+class PostgresProjectionStore(PostgresProjection, ProjectionStore, HistoryStore):
     """Messages in log order per session, full text, and the archive of every event."""
 
     store = "postgres"
+    bm25_k1: ClassVar[float] = 1.2
+    bm25_b: ClassVar[float] = 0.75
     tables = ("amem_messages", "amem_archive")
 
     async def _insert(
@@ -295,6 +324,81 @@ class PostgresProjectionStore(PostgresProjection, ProjectionStore):
             last_position=Position(row["ms"], row["seq"]),
         )
 
+    async def recent(self, tenant_id: str, session_id: str, *, limit: int) -> list[StoredMessage]:
+        rows = await self._pool.fetch(
+            f"""SELECT {MESSAGE_COLUMNS} FROM amem_messages
+                WHERE tenant_id = $1 AND session_id = $2
+                ORDER BY pos_ms DESC, pos_seq DESC LIMIT $3""",
+            tenant_id,
+            session_id,
+            limit,
+        )
+        return [_stored(r) for r in reversed(rows)]
+
+    async def messages(
+        self, tenant_id: str, session_id: str, message_ids: Sequence[str]
+    ) -> list[StoredMessage]:
+        rows = await self._pool.fetch(
+            f"""SELECT {MESSAGE_COLUMNS} FROM amem_messages
+                WHERE tenant_id = $1 AND session_id = $2 AND message_id = ANY($3::text[])
+                ORDER BY pos_ms, pos_seq""",
+            tenant_id,
+            session_id,
+            list(message_ids),
+        )
+        return [_stored(r) for r in rows]
+
+    async def outline(self, tenant_id: str, session_id: str, *, limit: int) -> list[Turn]:
+        rows = await self._pool.fetch(
+            """SELECT message_id, role, name, pos_ms, pos_seq FROM amem_messages
+               WHERE tenant_id = $1 AND session_id = $2
+               ORDER BY pos_ms DESC, pos_seq DESC LIMIT $3""",
+            tenant_id,
+            session_id,
+            limit,
+        )
+        return [
+            Turn(message_id=r[0], role=r[1], name=r[2], position=Position(r[3], r[4]))
+            for r in reversed(rows)
+        ]
+
+    async def lexical(
+        self, tenant_id: str, session_id: str, query: str, *, limit: int
+    ) -> list[Hit]:
+        words = [w for w in _WORD.findall(query) if w.lower() != "or"]
+        if not words:
+            return []
+        # Any query word matches (websearch syntax: "a or b"); BM25 over the english
+        # lexemes, with document frequencies and lengths taken within the session.
+        rows = await self._pool.fetch(
+            """WITH q AS (SELECT websearch_to_tsquery('english', $3) AS query),
+            terms AS (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $3))),
+            corpus AS (SELECT count(*)::float8 AS n,
+                              coalesce(avg(length(tsv)), 1)::float8 AS avgdl
+                       FROM amem_messages WHERE tenant_id = $1 AND session_id = $2),
+            matched AS (SELECT m.message_id, m.tsv FROM amem_messages m, q
+                        WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.tsv @@ q.query),
+            tf AS (SELECT m.message_id, u.lexeme,
+                          coalesce(array_length(u.positions, 1), 1)::float8 AS tf,
+                          length(m.tsv)::float8 AS dl
+                   FROM matched m, unnest(m.tsv) u
+                   WHERE u.lexeme IN (SELECT lexeme FROM terms)),
+            df AS (SELECT lexeme, count(*)::float8 AS df FROM tf GROUP BY lexeme)
+            SELECT tf.message_id,
+                   sum(ln(1 + (c.n - df.df + 0.5) / (df.df + 0.5))
+                       * tf.tf * ($4 + 1)
+                       / (tf.tf + $4 * (1 - $5 + $5 * tf.dl / greatest(c.avgdl, 1)))) AS score
+            FROM tf JOIN df USING (lexeme) CROSS JOIN corpus c
+            GROUP BY tf.message_id ORDER BY score DESC, tf.message_id LIMIT $6""",
+            tenant_id,
+            session_id,
+            " or ".join(words),
+            float(self.bm25_k1),
+            float(self.bm25_b),
+            limit,
+        )
+        return [Hit(session_id=session_id, message_id=r[0], score=float(r[1])) for r in rows]
+
 
 def message_columns(messages: Sequence[Record]) -> list[list[Any]]:
     ms = [r.message.message for r in messages]
@@ -313,3 +417,25 @@ def message_columns(messages: Sequence[Record]) -> list[list[Any]]:
         [m.created_at for m in ms],
         [orjson.dumps(m.metadata).decode() for m in ms],
     ]
+
+
+_WORD = re.compile(r"\w+")
+
+
+def _stored(row: Any) -> StoredMessage:
+    return StoredMessage(
+        message=Message(
+            tenant_id=row["tenant_id"],
+            session_id=row["session_id"],
+            id=row["message_id"],
+            role=row["role"],
+            name=row["name"],
+            parent_id=row["parent_id"],
+            agent_id=row["agent_id"],
+            content=row["content"],
+            created_at=row["created_at"],
+            metadata=orjson.loads(row["metadata"]),
+        ),
+        partition=row["partition"],
+        position=Position(row["pos_ms"], row["pos_seq"]),
+    )

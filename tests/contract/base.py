@@ -17,7 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from projectors.records import Record
-from projectors.store import GraphStore, Projection, ProjectionStore, VectorStore
+from projectors.store import GraphStore, HistoryStore, Projection, ProjectionStore, VectorStore
 from schemas.digest import content_hash
 from tests.records import conversation, erase, fake_vector, message
 
@@ -145,6 +145,71 @@ class ProjectionStoreContract(ProjectionContract):
         assert summary.last_position == records[-1].position
         assert await store.session("t1", "nope") is None
         assert await store.session("t2", "s1") is None
+
+
+class HistoryStoreContract(ProjectionContract):
+    async def observe(self, store: Any, tenant: str, sessions: Sequence[str]) -> object:
+        return (
+            await store.digest(tenant),
+            [[m.message for m in await store.recent(tenant, s, limit=100)] for s in sessions],
+            [await store.outline(tenant, s, limit=100) for s in sessions],
+        )
+
+    async def test_recent_and_outline_are_the_latest_turns_in_log_order(
+        self, store: HistoryStore
+    ) -> None:
+        records = conversation("t1", "s1", 6)
+        await store.apply(list(reversed(records)))
+        recent = await store.recent("t1", "s1", limit=3)
+        assert [m.message.id for m in recent] == ["m3", "m4", "m5"]
+        assert [m.position for m in recent] == [r.position for r in records[3:]]
+        assert recent[0].message == records[3].message.message
+        outline = await store.outline("t1", "s1", limit=4)
+        assert [(t.message_id, t.name, t.role) for t in outline] == [
+            ("m2", "Alice", "user"),
+            ("m3", "Bob", "assistant"),
+            ("m4", "Alice", "user"),
+            ("m5", "Bob", "assistant"),
+        ]
+        assert await store.recent("t2", "s1", limit=3) == []
+
+    async def test_messages_by_id_in_log_order_unknown_ids_left_out(
+        self, store: HistoryStore
+    ) -> None:
+        await store.apply(conversation("t1", "s1", 6))
+        found = await store.messages("t1", "s1", ["m4", "nope", "m1"])
+        assert [m.message.id for m in found] == ["m1", "m4"]
+        assert await store.messages("t2", "s1", ["m1"]) == []
+
+    async def test_lexical_ranks_a_rare_word_first_within_the_tenant(
+        self, store: HistoryStore
+    ) -> None:
+        texts = ["we walked to the harbour", "the lighthouse keeper waved", "we walked home"]
+        for tenant in ("t1", "t2"):
+            await store.apply([message(tenant, "s1", f"m{i}", t, i) for i, t in enumerate(texts)])
+        await store.apply([message("t3", "s1", "x", "a lighthouse, a lighthouse", 9)])
+        hits = await store.lexical("t1", "s1", "Where is the lighthouse we walked to?", limit=10)
+        assert hits[0].message_id == "m1"  # the rarer word outweighs two common ones
+        assert {h.message_id for h in hits} == {"m0", "m1", "m2"}
+        assert all(h.session_id == "s1" and h.score > 0 for h in hits)
+        assert await store.lexical("t1", "s1", "nothing matches zebra", limit=10) == []
+        assert await store.lexical("t1", "s1", "  ?! or ", limit=10) == []
+
+    async def test_lexical_matches_the_speaker_name(self, store: HistoryStore) -> None:
+        await store.apply(conversation("t1", "s1", 4))
+        hits = await store.lexical("t1", "s1", "what did bob say", limit=10)
+        assert {h.message_id for h in hits} == {"m1", "m3"}
+
+    async def test_erased_messages_are_never_read(self, store: HistoryStore) -> None:
+        await store.apply([*conversation("t1", "s1", 4), erase("t1", "s1", 50)])
+        await store.apply(conversation("t1", "s1", 2, start=60))
+        assert [m.message.id for m in await store.recent("t1", "s1", limit=10)] == ["m60", "m61"]
+        assert await store.messages("t1", "s1", ["m0", "m1"]) == []
+        assert await store.lexical("t1", "s1", "Berlin Paris", limit=10) != []
+        assert all(
+            h.message_id in {"m60", "m61"}
+            for h in await store.lexical("t1", "s1", "Alice Bob Paris Berlin", limit=10)
+        )
 
 
 class VectorStoreContract(ProjectionContract):

@@ -9,7 +9,12 @@ import pytest
 from projectors.stores.pgvector import PgvectorVectorStore
 from projectors.stores.postgres import PostgresProjectionStore
 from stack.settings import Settings
-from tests.contract.base import ProjectionStoreContract, VectorStoreContract, emptied
+from tests.contract.base import (
+    HistoryStoreContract,
+    ProjectionStoreContract,
+    VectorStoreContract,
+    emptied,
+)
 from tests.records import conversation, erase
 
 
@@ -31,7 +36,7 @@ async def pgvector_store(settings: Settings) -> AsyncIterator[PgvectorVectorStor
         yield store
 
 
-class TestPostgresProjectionStore(ProjectionStoreContract):
+class TestPostgresProjectionStore(ProjectionStoreContract, HistoryStoreContract):
     @pytest.fixture
     def store(self, postgres_store: PostgresProjectionStore) -> PostgresProjectionStore:
         return postgres_store

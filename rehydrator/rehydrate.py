@@ -1,0 +1,485 @@
+"""``rehydrate``: a session's context from every tier at once, packed to a token budget.
+
+Reads, all concurrent and each bounded by the call's deadline:
+
+- ``log``: every projector's watermark and the session's messages past the history store's
+  watermark (read-your-writes);
+- ``recent``: the last turns, from the history store or else from the log (hedged);
+- ``outline``: the session's turns in log order (ids, speakers, positions) for fusion;
+- ``dense``: the query's embedding against the vector stores (hedged: first good answer);
+- ``lexical``: BM25 full-text hits from the history store;
+- ``session``: the session document (participants, span, size) for the header;
+
+then ``graph`` (neighbours of the best hits) and ``messages`` (the texts of the ranked
+turns) while packing. A tier that fails or misses the deadline is reported as degraded and
+left out; the recent window and the log tail are always tried first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+
+from projectors.position import Position
+from projectors.store import (
+    GraphStore,
+    HistoryStore,
+    Hit,
+    ProjectionStore,
+    SessionSummary,
+    StoredMessage,
+    Turn,
+    VectorStore,
+)
+from rehydrator import log_tail
+from rehydrator.context import Context, Item, TierReport, render
+from rehydrator.deadlines import hedged, within
+from rehydrator.fusion import FusionWeights, fuse
+from rehydrator.query_embedding import QueryEmbedder
+from rehydrator.settings import RehydrateSettings
+from rehydrator.tokens import TokenCounter
+from schemas.partitioning import partition_for
+from schemas.validation import validate_id
+
+T = TypeVar("T")
+
+MAX_BUDGET = 1_000_000
+GRAPH_SEEDS = 5
+"""Best-ranked turns whose graph neighbourhood is read."""
+MIN_TURN_TOKENS = 4
+"""No turn costs less ([CLS], [SEP], a speaker and a word): below this, packing stops."""
+
+
+@dataclass(slots=True)
+class _Call:
+    """One ``rehydrate`` in progress: its deadline and what each tier has said."""
+
+    started: float
+    deadline_s: float
+    reports: list[TierReport] = field(default_factory=list)
+
+    def left(self) -> float:
+        return max(0.0, self.started + self.deadline_s - time.perf_counter())
+
+    async def within(
+        self, tier: str, store: str | None, read: Callable[[], Awaitable[T]]
+    ) -> T | None:
+        result, report = await within(tier, store, self.left(), read)
+        self.reports.append(report)
+        return result
+
+    def skipped(self, tier: str, why: str) -> None:
+        self.reports.append(TierReport(tier=tier, store=None, status="skipped", ms=0, detail=why))
+
+
+@dataclass(slots=True)
+class _Pool:
+    """Candidate messages: texts known so far and where each was found."""
+
+    stored: dict[str, StoredMessage] = field(default_factory=dict)
+    found_by: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def add(self, messages: Iterable[StoredMessage], tier: str) -> None:
+        for m in messages:
+            self.stored.setdefault(m.message.id, m)
+            self.found_by.setdefault(m.message.id, {})[tier] = 1.0
+
+    def note(self, hits: Iterable[Hit], tier: str) -> None:
+        for h in hits:
+            self.found_by.setdefault(h.message_id, {})[tier] = h.score
+
+
+class Rehydrator:
+    """Holds the open stores and models; one instance serves any number of calls at once."""
+
+    def __init__(
+        self,
+        *,
+        redis: aioredis.Redis,
+        partitions: int,
+        projectors: Sequence[str],
+        reads_enriched: Callable[[str], bool],
+        history: HistoryStore | None,
+        vectors: Sequence[VectorStore],
+        graph: GraphStore | None,
+        sessions: ProjectionStore | None,
+        embedder: QueryEmbedder | None,
+        counter: TokenCounter,
+        settings: RehydrateSettings | None = None,
+        weights: FusionWeights | None = None,
+    ) -> None:
+        self._redis = redis
+        self._partitions = partitions
+        self._projectors = tuple(projectors)
+        self._reads_enriched = reads_enriched
+        self._history = history
+        self._vectors = tuple(vectors)
+        self._graph = graph
+        self._sessions = sessions
+        self._embedder = embedder
+        self._counter = counter
+        self.settings = settings or RehydrateSettings()
+        self._weights = weights or FusionWeights()
+        self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
+
+    async def rehydrate(
+        self,
+        tenant_id: str,
+        session_id: str,
+        query: str | None = None,
+        budget_tokens: int = 2000,
+        *,
+        deadline_ms: int | None = None,
+        recent_turns: int | None = None,
+    ) -> Context:
+        """The context to resume ``session_id`` with, within ``budget_tokens``.
+
+        ``query`` defaults to the session's latest user turn. Raises ``ValidationError`` on
+        bad ids and ``ValueError`` on a bad budget; a failing tier never raises.
+        """
+        validate_id("tenant_id", tenant_id)
+        validate_id("session_id", session_id)
+        if not 1 <= budget_tokens <= MAX_BUDGET:
+            raise ValueError(f"budget_tokens must be between 1 and {MAX_BUDGET}")
+        deadline = (deadline_ms or self.settings.deadline_ms) / 1000
+        if deadline <= 0:
+            raise ValueError("deadline_ms must be positive")
+        call = _Call(started=time.perf_counter(), deadline_s=deadline)
+        recent_n = self.settings.recent_turns if recent_turns is None else recent_turns
+        partition = partition_for(tenant_id, session_id, self._partitions)
+        pool = _Pool()
+
+        log_read = asyncio.ensure_future(
+            call.within("log", "redis", lambda: self._read_log(tenant_id, session_id, partition))
+        )
+        recent_read = asyncio.ensure_future(
+            self._recent(call, tenant_id, session_id, partition, recent_n)
+        )
+        outline_read = asyncio.ensure_future(self._outline(call, tenant_id, session_id))
+        session_read = asyncio.ensure_future(self._session(call, tenant_id, session_id))
+
+        query_source = "given" if query else "none"
+        if not query:
+            await asyncio.wait({log_read, recent_read})
+            query = _latest_user_turn([*recent_read.result(), *_tail_of(log_read.result())])
+            query_source = "latest user turn" if query else "none"
+        dense_read = asyncio.ensure_future(self._dense(call, tenant_id, session_id, query))
+        lexical_read = asyncio.ensure_future(self._lexical(call, tenant_id, session_id, query))
+        await asyncio.wait({log_read, recent_read, outline_read, session_read})
+        await asyncio.wait({dense_read, lexical_read})
+
+        log_view = log_read.result()
+        tail = _tail_of(log_view)
+        erased_at = log_view[1].erased_at if log_view else None
+        recent = _after(recent_read.result(), erased_at)
+        turns = [t for t in outline_read.result() if erased_at is None or t.position > erased_at]
+        known = {t.message_id for t in turns}
+        turns += [_turn(m) for m in tail if m.message.id not in known]
+        dense_hits, lexical_hits = dense_read.result(), lexical_read.result()
+        pool.add(tail, "log")
+        pool.add(recent, "recent")
+        pool.note(dense_hits, "dense")
+        pool.note(lexical_hits, "lexical")
+
+        scores: dict[str, float] = {}
+        if query:
+            scores = fuse(
+                turns,
+                {h.message_id: h.score for h in dense_hits},
+                {h.message_id: h.score for h in lexical_hits},
+                query,
+                self._weights,
+            )
+        ranked = sorted(scores, key=lambda i: -scores[i])  # stable: ties keep log order
+        graph_read = asyncio.ensure_future(
+            self._neighbours(call, tenant_id, session_id, ranked[:GRAPH_SEEDS])
+        )
+        first = [m.message.id for m in (*tail, *recent)]
+        items, used, header = await self._pack(
+            call,
+            tenant_id,
+            session_id,
+            budget_tokens,
+            [*dict.fromkeys([*first, *ranked])],
+            pool,
+            scores,
+            session_read.result(),
+        )
+        await asyncio.wait({graph_read})
+        graph_hits = {h.message_id: h.score for h in graph_read.result()}
+        items = [
+            replace(i, found_by={**i.found_by, "graph": graph_hits[i.message.id]})
+            if i.message.id in graph_hits
+            else i
+            for i in items
+        ]
+        items.sort(key=lambda i: i.position)
+        return Context(
+            tenant_id=tenant_id,
+            session_id=session_id,
+            query=query,
+            query_source=query_source,  # type: ignore[arg-type]
+            budget_tokens=budget_tokens,
+            tokens=used,
+            items=tuple(items),
+            header=header,
+            tiers=tuple(call.reports),
+            watermarks=log_view[0] if log_view else {},
+            from_log_tail=sum(1 for i in items if "log" in i.found_by),
+            elapsed_ms=(time.perf_counter() - call.started) * 1000,
+            session=session_read.result(),
+        )
+
+    async def _read_log(
+        self, tenant_id: str, session_id: str, partition: int
+    ) -> tuple[dict[str, Position | None], log_tail.SessionLog]:
+        marks = await log_tail.watermarks(
+            self._redis, partition, self._projectors, self._reads_enriched
+        )
+        # Projector names are store names: the history store's group is its watermark.
+        history = self._history.store if self._history is not None else None
+        after = marks.get(history) if history is not None else None
+        found = await log_tail.tail(
+            self._redis,
+            tenant_id,
+            session_id,
+            partition,
+            after,
+            max_entries=self.settings.log_tail_entries,
+        )
+        return marks, found
+
+    async def _recent(
+        self, call: _Call, tenant_id: str, session_id: str, partition: int, limit: int
+    ) -> list[StoredMessage]:
+        if limit == 0:
+            call.skipped("recent", "recent_turns is 0")
+            return []
+        reads: list[tuple[str, Callable[[], Awaitable[list[StoredMessage]]]]] = []
+        if self._history is not None:
+            history = self._history
+            reads.append(
+                (history.store, lambda: history.recent(tenant_id, session_id, limit=limit))
+            )
+
+        async def from_log() -> list[StoredMessage]:
+            found = await log_tail.latest(
+                self._redis,
+                tenant_id,
+                session_id,
+                partition,
+                limit=limit,
+                max_entries=self.settings.log_tail_entries,
+            )
+            return found.messages
+
+        reads.append(("log", from_log))
+        result, report = await hedged(
+            "recent",
+            reads,
+            deadline_s=call.left(),
+            hedge_after_s=self.settings.hedge_after_ms / 1000,
+        )
+        call.reports.append(report)
+        return result or []
+
+    async def _outline(self, call: _Call, tenant_id: str, session_id: str) -> list[Turn]:
+        history = self._history
+        if history is None:
+            call.skipped("outline", "no history store")
+            return []
+        limit = self.settings.candidates
+        turns = await call.within(
+            "outline", history.store, lambda: history.outline(tenant_id, session_id, limit=limit)
+        )
+        return turns or []
+
+    async def _session(self, call: _Call, tenant_id: str, session_id: str) -> SessionSummary | None:
+        sessions = self._sessions
+        if sessions is None:
+            call.skipped("session", "no session store")
+            return None
+        return await call.within(
+            "session", sessions.store, lambda: sessions.session(tenant_id, session_id)
+        )
+
+    async def _dense(
+        self, call: _Call, tenant_id: str, session_id: str, query: str | None
+    ) -> list[Hit]:
+        if not query:
+            call.skipped("dense", "no query")
+            return []
+        embedder = self._embedder
+        if embedder is None or not self._vectors:
+            call.skipped("dense", "no vector store")
+            return []
+        started = time.perf_counter()
+        vector = await call.within("embedding", "onnx", lambda: embedder.embed_async(query))
+        if vector is None:
+            return []
+        embed_ms = (time.perf_counter() - started) * 1000
+        limit = self.settings.candidates
+
+        def search(store: VectorStore) -> Callable[[], Awaitable[list[Hit]]]:
+            return lambda: store.nearest(tenant_id, vector, limit=limit, session_id=session_id)
+
+        hits, report = await hedged(
+            "dense",
+            [(v.store, search(v)) for v in self._vectors],
+            deadline_s=call.left(),
+            hedge_after_s=self.settings.hedge_after_ms / 1000,
+        )
+        call.reports.append(replace(report, ms=report.ms + embed_ms, candidates=len(hits or [])))
+        return hits or []
+
+    async def _lexical(
+        self, call: _Call, tenant_id: str, session_id: str, query: str | None
+    ) -> list[Hit]:
+        history = self._history
+        if not query or history is None:
+            call.skipped("lexical", "no query" if not query else "no history store")
+            return []
+        limit = self.settings.candidates
+        hits = await call.within(
+            "lexical",
+            history.store,
+            lambda: history.lexical(tenant_id, session_id, query, limit=limit),
+        )
+        return hits or []
+
+    async def _neighbours(
+        self, call: _Call, tenant_id: str, session_id: str, seeds: Sequence[str]
+    ) -> list[Hit]:
+        graph = self._graph
+        if graph is None or not seeds:
+            call.skipped("graph", "no graph store" if graph is None else "nothing to expand")
+            return []
+        hits = await call.within(
+            "graph", graph.store, lambda: graph.neighbours(tenant_id, session_id, seeds)
+        )
+        return hits or []
+
+    async def _pack(
+        self,
+        call: _Call,
+        tenant_id: str,
+        session_id: str,
+        budget: int,
+        order: list[str],
+        pool: _Pool,
+        scores: dict[str, float],
+        session: SessionSummary | None,
+    ) -> tuple[list[Item], int, str | None]:
+        """Fill the budget in ``order``, skipping a turn that does not fit.
+
+        Texts not read yet are fetched from the history store a chunk at a time, so a
+        small budget reads few rows.
+        """
+        header = _header(session)
+        used = self._counter.count([header])[0] if header else 0
+        if used > budget:
+            header, used = None, 0
+        items: list[Item] = []
+        chunk = max(32, budget // 15)
+        start = 0
+        fetches: list[TierReport] = []
+        while start < len(order) and budget - used >= MIN_TURN_TOKENS:
+            ids = order[start : start + chunk]
+            start += chunk
+            missing = [i for i in ids if i not in pool.stored]
+            failed = any(r.status != "ok" for r in fetches)
+            if missing and self._history is not None and not failed:
+                fetched, report = await within(
+                    "messages",
+                    self._history.store,
+                    call.left(),
+                    _reader(self._history, tenant_id, session_id, missing),
+                )
+                fetches.append(report)
+                for m in fetched or []:
+                    pool.stored[m.message.id] = m
+            stored = [pool.stored[i] for i in ids if i in pool.stored]
+            texts = [render(m.message) for m in stored]
+            added = 0
+            for m, text, tokens in zip(stored, texts, self._counter.count(texts), strict=True):
+                if used + tokens > budget:
+                    continue  # a shorter turn further down may still fit
+                used += tokens
+                added += 1
+                items.append(
+                    Item(
+                        message=m.message,
+                        partition=m.partition,
+                        position=m.position,
+                        text=text,
+                        tokens=tokens,
+                        score=scores.get(m.message.id, 0.0),
+                        found_by=pool.found_by.get(m.message.id, {}),
+                    )
+                )
+            if stored and not added:
+                break  # a whole chunk too long for what is left: the rest would be too
+        if fetches:
+            call.reports.append(_merged(fetches))
+        return items, used, header
+
+
+def _merged(reports: list[TierReport]) -> TierReport:
+    """One report for a tier read several times (the first failure, else the total)."""
+    failed = [r for r in reports if r.status != "ok"]
+    ms = sum(r.ms for r in reports)
+    return replace(
+        failed[0] if failed else reports[0],
+        ms=ms,
+        detail=(failed[0].detail if failed else f"{len(reports)} reads"),
+    )
+
+
+def _reader(
+    history: HistoryStore, tenant_id: str, session_id: str, message_ids: list[str]
+) -> Callable[[], Awaitable[list[StoredMessage]]]:
+    return lambda: history.messages(tenant_id, session_id, message_ids)
+
+
+def _tail_of(
+    view: tuple[dict[str, Position | None], log_tail.SessionLog] | None,
+) -> list[StoredMessage]:
+    return view[1].messages if view else []
+
+
+def _after(messages: list[StoredMessage], erased_at: Position | None) -> list[StoredMessage]:
+    if erased_at is None:
+        return messages
+    return [m for m in messages if m.position > erased_at]
+
+
+def _turn(m: StoredMessage) -> Turn:
+    return Turn(
+        message_id=m.message.id, role=m.message.role, name=m.message.name, position=m.position
+    )
+
+
+def _latest_user_turn(messages: Sequence[StoredMessage]) -> str | None:
+    """The content of the newest user message (else of the newest message)."""
+    newest = sorted(messages, key=lambda m: m.position, reverse=True)
+    for m in newest:
+        if m.message.role == "user":
+            return m.message.content
+    return newest[0].message.content if newest else None
+
+
+def _header(session: SessionSummary | None) -> str | None:
+    if session is None:
+        return None
+    people = sorted(p.partition(":")[2] or p for p in session.participants)
+    return (
+        f"Session {session.session_id}: {session.message_count} messages"
+        f" between {', '.join(people)},"
+        f" {session.first_at:%Y-%m-%d} to {session.last_at:%Y-%m-%d}."
+    )

@@ -1,0 +1,90 @@
+"""A :class:`~rehydrator.rehydrate.Rehydrator` over the configured stores, opened and closed.
+
+Every store the projectors write is read, except Qdrant in local mode (one process may open
+it, and that is the worker): pgvector serves the dense reads in the embedded default. A store
+that cannot be reached at start-up is left out, with a warning, and its tier reports
+"skipped" until the next start: the rehydrator serves from the others.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+from typing import TypeVar
+
+import redis.asyncio as aioredis
+
+from projectors.store import GraphStore, HistoryStore, Projection, ProjectionStore, VectorStore
+from rehydrator.query_embedding import QueryEmbedder
+from rehydrator.rehydrate import Rehydrator
+from rehydrator.tokens import TokenCounter
+from stack.projections import build_store, qdrant_is_local, reads_enriched, select
+from stack.settings import Settings
+
+P = TypeVar("P", bound=Projection)
+
+START_TIMEOUT_S = 10
+POOL_SIZE = 16
+"""Postgres connections of the rehydrator: a call reads up to four tiers there at once."""
+
+_log = logging.getLogger(__name__)
+
+
+async def _opened(stack: AsyncExitStack, store: P) -> P | None:
+    try:
+        await asyncio.wait_for(store.start(), START_TIMEOUT_S)
+    except Exception as exc:  # any failure leaves the tier out, loudly
+        _log.warning("%s is unreachable, its tier is left out: %r", store.store, exc)
+        await store.close()
+        return None
+    stack.push_async_callback(store.close)
+    return store
+
+
+def _build(settings: Settings, name: str) -> Projection:
+    store = build_store(settings, name)
+    if name in ("postgres", "pgvector"):
+        from projectors.stores.postgres import PostgresProjection
+
+        assert isinstance(store, PostgresProjection)
+        return type(store)(url=settings.require_postgres(), pool_size=POOL_SIZE)
+    return store
+
+
+@asynccontextmanager
+async def open_rehydrator(settings: Settings) -> AsyncIterator[Rehydrator]:
+    names = select(settings)
+    async with AsyncExitStack() as stack:
+        stores: dict[str, Projection] = {}
+        for name in names:
+            if name == "enricher" or (name == "qdrant" and qdrant_is_local(settings)):
+                continue
+            opened = await _opened(stack, _build(settings, name))
+            if opened is not None:
+                stores[name] = opened
+        redis = aioredis.Redis.from_url(
+            settings.require_redis(), socket_connect_timeout=2, socket_timeout=5
+        )
+        stack.push_async_callback(redis.aclose)
+        embedder = await asyncio.to_thread(
+            QueryEmbedder.load, settings.home / "models", threads=settings.rehydrate_threads
+        )
+        stack.callback(embedder.close)
+        history = stores.get("postgres")
+        graph = stores.get("graph")
+        sessions = stores.get("mongo")
+        yield Rehydrator(
+            redis=redis,
+            partitions=settings.producer.partitions,
+            projectors=names,
+            reads_enriched=reads_enriched,
+            history=history if isinstance(history, HistoryStore) else None,
+            vectors=[s for s in stores.values() if isinstance(s, VectorStore)],
+            graph=graph if isinstance(graph, GraphStore) else None,
+            sessions=sessions if isinstance(sessions, ProjectionStore) else None,
+            embedder=embedder,
+            counter=TokenCounter.load(),
+            settings=settings.rehydrate,
+        )
