@@ -5,6 +5,8 @@ PY := $(VENV)/bin/python
 AMEM := $(VENV)/bin/amem
 LOCOMO := ../shared/data/locomo-dev.json
 DATA ?= $(if $(wildcard $(LOCOMO)),$(LOCOMO),examples/sample-chat.jsonl)
+# What `make run` rehydrates at the end: a LoCoMo conversation and one of its questions.
+ASK ?= $(if $(wildcard $(LOCOMO)),--session conv-26 --query "When did Caroline go to the LGBTQ support group?",--session trip-planning)
 
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
@@ -29,6 +31,7 @@ run: install
 	$(AMEM) project wait
 	$(AMEM) verify
 	$(AMEM) status
+	$(AMEM) rehydrate --tenant default $(ASK) --budget 600
 
 test: install
 	$(PY) -m pytest
@@ -46,6 +49,8 @@ bench: install
 	$(PY) bench/append.py
 	$(PY) bench/enrichment.py
 	$(PY) bench/project.py
+	$(PY) bench/recall.py
+	$(PY) bench/rehydrate.py
 
 down: install
 	$(AMEM) project stop

@@ -24,41 +24,23 @@ RRF column of ``BASELINES.md`` beside the figures when that file is next to the 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import os
-import platform
 import re
-import shutil
 import statistics
-import sys
-import tempfile
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
-from rich.console import Console
+from pipeline import err, parser, projected, publish
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-from producer import Producer
-from producer.importer import read_history
-from projectors.lag import group_states
 from rehydrator.context import Context
-from schemas.events import Message
-from stack import worker_pool
-from stack.embedded import control
-from stack.projections import reads_enriched, select
 from stack.rehydration import open_rehydrator
 from stack.settings import Settings
 
-DEFAULT_FILE = Path("../shared/data/locomo-dev.json")
 TENANT = "bench-recall"
 ADVERSARIAL = 5
-err = Console(stderr=True)
 
 
 def questions(path: Path) -> list[tuple[str, str, list[str]]]:
@@ -83,38 +65,6 @@ def baseline_rrf(data: Path) -> dict[str, float]:
         if len(cells) == 5 and re.fullmatch(r"[\d,]+", cells[0]):
             out[cells[0].replace(",", "")] = float(cells[4])
     return out
-
-
-async def load(settings: Settings, path: Path) -> int:
-    records = read_history(path, TENANT, settings.producer.limits)
-    messages = [r for r in records if isinstance(r, Message)]
-    async with Producer.from_url(settings.require_redis(), settings.producer) as producer:
-        for start in range(0, len(messages), 500):
-            await producer.append_many(messages[start : start + 500])
-    return len(messages)
-
-
-async def caught_up(settings: Settings, timeout_s: float) -> None:
-    client = aioredis.Redis.from_url(settings.require_redis())
-    deadline = time.monotonic() + timeout_s
-    try:
-        with Progress(
-            "projecting", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
-        ) as bar:
-            task = bar.add_task("projecting", total=None)
-            while True:
-                states = await group_states(
-                    client, select(settings), settings.runtime.partitions, reads_enriched
-                )
-                left = sum((s.lag or 0) + s.pending for s in states)
-                bar.update(task, total=max(bar.tasks[0].total or 0, left), completed=0)
-                if left == 0:
-                    return
-                if time.monotonic() > deadline:
-                    raise SystemExit(f"projectors still behind after {timeout_s:.0f} s")
-                await asyncio.sleep(0.5)
-    finally:
-        await client.aclose()
 
 
 async def measure(
@@ -175,62 +125,27 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     path: Path = args.file
     asked = questions(path)
     budgets = [int(b) for b in args.budgets.split(",")]
-    temporary = args.home is None
-    home = (
-        Path(tempfile.mkdtemp(prefix="amem-bench-recall-", dir="/var/tmp"))
-        if temporary
-        else args.home
-    )
-    env = {**os.environ, "AMEM_HOME": str(home)}
-    settings = Settings.from_env(env)
     started = time.perf_counter()
-    if temporary:
-        control.up(settings)
-        settings = Settings.from_env(env)
-    try:
-        messages = await load(settings, path)
-        worker_pool.start(settings, None, 1)
-        await caught_up(settings, args.timeout)
+    async with projected(path, TENANT, home=args.home, timeout_s=args.timeout) as (
+        settings,
+        messages,
+    ):
         measured = await measure(settings, asked, budgets)
-    finally:
-        if temporary:
-            worker_pool.stop(settings)
-            control.down(settings)
-            shutil.rmtree(home, ignore_errors=True)
     return {
         **measured,
         "questions": len(asked),
         "sessions": len({s for s, _, _ in asked}),
         "messages": messages,
         "baseline_rrf": baseline_rrf(path),
-        "file": str(path),
         "budgets": budgets,
         "elapsed_s": round(time.perf_counter() - started, 1),
-        "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores,"
-        f" Python {platform.python_version()}",
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
     }
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("file", nargs="?", type=Path, default=DEFAULT_FILE)
-    parser.add_argument("--budgets", default="1000,2000,4000,8000")
-    parser.add_argument("--home", type=Path, help="reuse the stack of this AMEM_HOME")
-    parser.add_argument("--timeout", type=float, default=1800, help="seconds to project")
-    parser.add_argument("--out", type=Path, default=Path("bench/reports"))
-    parser.add_argument("--json", action="store_true", help="last line: the report as JSON")
-    args = parser.parse_args()
-    if not args.file.is_file():
-        raise SystemExit(f"no such file: {args.file}")
-    report = asyncio.run(run(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "recall.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "recall.md").write_text(markdown(report))
-    err.print(markdown(report))
-    if args.json:
-        print(json.dumps(report))
+    args = parser(__doc__.split("\n\n")[0])
+    args.add_argument("--budgets", default="1000,2000,4000,8000")
+    publish(args.parse_args(), "recall", run, markdown)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from projectors.store import SessionSummary
 from schemas.events import Message
 
 TierStatus = Literal["ok", "timeout", "error", "skipped"]
+QuerySource = Literal["given", "latest user turn", "none"]
 
 CAPTION_FIELD = "blip_caption"
 """Metadata field of an image's caption (LoCoMo's, kept by the importer): rendered inline."""
@@ -96,7 +97,7 @@ class Context:
     tenant_id: str
     session_id: str
     query: str | None
-    query_source: Literal["given", "latest user turn", "none"]
+    query_source: QuerySource
     budget_tokens: int
     tokens: int
     """Tokens used: the items' plus the session header's."""
@@ -109,12 +110,15 @@ class Context:
     from_log_tail: int
     """Items read from the log because no projection had them yet (read-your-writes)."""
     elapsed_ms: float
+    """From the call to its answer, waiting for its turn included."""
+    queued_ms: float = 0.0
+    """Waiting for a turn (``RehydrateSettings.concurrency`` calls run at once)."""
     session: SessionSummary | None = field(default=None, repr=False)
 
     @property
     def degraded(self) -> tuple[str, ...]:
         """Tiers that did not answer in time or failed."""
-        return tuple(t.tier for t in self.tiers if t.status in ("timeout", "error"))
+        return tuple(dict.fromkeys(t.tier for t in self.tiers if t.status in ("timeout", "error")))
 
     def to_messages(self) -> list[dict[str, str]]:
         """OpenAI-style chat messages: the header as a system message, then the items."""
@@ -150,6 +154,7 @@ class Context:
             "watermarks": {p: (str(w) if w else None) for p, w in self.watermarks.items()},
             "from_log_tail": self.from_log_tail,
             "elapsed_ms": round(self.elapsed_ms, 3),
+            "queued_ms": round(self.queued_ms, 3),
             "messages": self.to_messages(),
             "text": self.to_text(),
         }

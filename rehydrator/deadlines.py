@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence, Sized
 from typing import Any, TypeVar
 
 from rehydrator.context import TierReport
@@ -40,6 +40,11 @@ def abandon(task: asyncio.Future[Any]) -> None:
     task.add_done_callback(_settle)
 
 
+def _size(result: object) -> int:
+    """How many candidates a read returned (0 for a result that is not a collection)."""
+    return len(result) if isinstance(result, Sized) and not isinstance(result, str) else 0
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     return f"{type(exc).__name__}: {text}"[:200] if text else type(exc).__name__
@@ -61,7 +66,9 @@ async def within(
     if exc is not None:
         report = TierReport(tier=tier, store=store, status="error", ms=ms, detail=_describe(exc))
         return None, report
-    return task.result(), TierReport(tier=tier, store=store, status="ok", ms=ms)
+    result = task.result()
+    report = TierReport(tier=tier, store=store, status="ok", ms=ms, candidates=_size(result))
+    return result, report
 
 
 async def hedged(
@@ -100,9 +107,18 @@ async def hedged(
                 exc = future.exception()
                 if exc is None:
                     ms = (time.perf_counter() - started) * 1000
-                    detail = f"first of {len(reads)}" if len(reads) > 1 else None
-                    report = TierReport(tier=tier, store=store, status="ok", ms=ms, detail=detail)
-                    return future.result(), report
+                    others = [s for s, _ in reads if s != store]
+                    detail = f"before {', '.join(others)}" if others else None
+                    result = future.result()
+                    report = TierReport(
+                        tier=tier,
+                        store=store,
+                        status="ok",
+                        ms=ms,
+                        candidates=_size(result),
+                        detail=detail,
+                    )
+                    return result, report
                 failures.append(f"{store}: {_describe(exc)}")
     finally:
         for future in running:

@@ -52,6 +52,18 @@ class SessionLog:
     """The scan stopped at its entry limit before the end of the range."""
 
 
+@dataclass(frozen=True, slots=True)
+class LogView:
+    """Every projector's watermark and the session's entries past the history store's."""
+
+    watermarks: dict[str, Position | None]
+    tail: SessionLog
+
+    def __len__(self) -> int:
+        """The tier's candidates: messages no projection had yet."""
+        return len(self.tail.messages)
+
+
 def _before(position: Position) -> Position:
     """The greatest stream id below ``position``."""
     if position.seq > 0:

@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
@@ -38,8 +38,9 @@ from projectors.store import (
     VectorStore,
 )
 from rehydrator import log_tail
-from rehydrator.context import Context, Item, TierReport, render
+from rehydrator.context import Context, Item, QuerySource, TierReport, render
 from rehydrator.deadlines import hedged, within
+from rehydrator.errors import HistoryUnavailableError
 from rehydrator.fusion import FusionWeights, fuse
 from rehydrator.query_embedding import QueryEmbedder
 from rehydrator.settings import RehydrateSettings
@@ -56,23 +57,41 @@ MIN_TURN_TOKENS = 4
 """No turn costs less ([CLS], [SEP], a speaker and a word): below this, packing stops."""
 
 
+FIRST_PHASE_SHARE = 0.7
+"""Share of the deadline for the reads ranking needs; the rest is for the graph and texts."""
+
+
 @dataclass(slots=True)
 class _Call:
-    """One ``rehydrate`` in progress: its deadline and what each tier has said."""
+    """One ``rehydrate`` in progress: its deadline and what each tier has said.
+
+    Reads come in two phases: those that ranking needs, bounded by a share of the deadline,
+    then those that need the ranking (graph neighbours, the texts of ranked turns), bounded
+    by the deadline itself. A first-phase tier that hangs therefore still leaves time for
+    the second phase.
+    """
 
     started: float
     deadline_s: float
+    tier_deadlines_s: Mapping[str, float]
     reports: list[TierReport] = field(default_factory=list)
 
-    def left(self) -> float:
-        return max(0.0, self.started + self.deadline_s - time.perf_counter())
+    def left(self, tier: str, *, first_phase: bool = False) -> float:
+        """Time left for a read of ``tier`` starting now."""
+        share = FIRST_PHASE_SHARE if first_phase else 1.0
+        left = max(0.0, self.started + self.deadline_s * share - time.perf_counter())
+        return min(left, self.tier_deadlines_s.get(tier, left))
 
     async def within(
         self, tier: str, store: str | None, read: Callable[[], Awaitable[T]]
     ) -> T | None:
-        result, report = await within(tier, store, self.left(), read)
+        """A first-phase read."""
+        result, report = await within(tier, store, self.left(tier, first_phase=True), read)
         self.reports.append(report)
         return result
+
+    def annotate(self, tier: str, detail: str) -> None:
+        self.reports = [replace(r, detail=detail) if r.tier == tier else r for r in self.reports]
 
     def skipped(self, tier: str, why: str) -> None:
         self.reports.append(TierReport(tier=tier, store=None, status="skipped", ms=0, detail=why))
@@ -126,6 +145,7 @@ class Rehydrator:
         self._counter = counter
         self.settings = settings or RehydrateSettings()
         self._weights = weights or FusionWeights()
+        self._turns = asyncio.Semaphore(self.settings.concurrency)
         self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
 
     async def rehydrate(
@@ -150,7 +170,27 @@ class Rehydrator:
         deadline = (deadline_ms or self.settings.deadline_ms) / 1000
         if deadline <= 0:
             raise ValueError("deadline_ms must be positive")
-        call = _Call(started=time.perf_counter(), deadline_s=deadline)
+        arrived = time.perf_counter()
+        async with self._turns:
+            call = self._call(deadline)
+            context = await self._rehydrate(
+                call, tenant_id, session_id, query, budget_tokens, recent_turns
+            )
+        return replace(
+            context,
+            queued_ms=(call.started - arrived) * 1000,
+            elapsed_ms=(time.perf_counter() - arrived) * 1000,
+        )
+
+    async def _rehydrate(
+        self,
+        call: _Call,
+        tenant_id: str,
+        session_id: str,
+        query: str | None,
+        budget_tokens: int,
+        recent_turns: int | None,
+    ) -> Context:
         recent_n = self.settings.recent_turns if recent_turns is None else recent_turns
         partition = partition_for(tenant_id, session_id, self._partitions)
         pool = _Pool()
@@ -164,10 +204,14 @@ class Rehydrator:
         outline_read = asyncio.ensure_future(self._outline(call, tenant_id, session_id))
         session_read = asyncio.ensure_future(self._session(call, tenant_id, session_id))
 
-        query_source = "given" if query else "none"
+        query_source: QuerySource = "given" if query else "none"
         if not query:
-            await asyncio.wait({log_read, recent_read})
-            query = _latest_user_turn([*recent_read.result(), *_tail_of(log_read.result())])
+            # The newest user turn may be in the log tail only; a log that is slow to
+            # answer must not hold up the other tiers, though: wait for it briefly.
+            await asyncio.wait({recent_read})
+            await asyncio.wait({log_read}, timeout=self.settings.hedge_after_ms / 1000)
+            tail_so_far = _tail_of(log_read.result()) if log_read.done() else []
+            query = _latest_user_turn([*recent_read.result(), *tail_so_far])
             query_source = "latest user turn" if query else "none"
         dense_read = asyncio.ensure_future(self._dense(call, tenant_id, session_id, query))
         lexical_read = asyncio.ensure_future(self._lexical(call, tenant_id, session_id, query))
@@ -175,8 +219,10 @@ class Rehydrator:
         await asyncio.wait({dense_read, lexical_read})
 
         log_view = log_read.result()
+        if log_view is not None and log_view.tail.truncated:
+            call.annotate("log", f"tail cut at {self.settings.log_tail_entries} entries")
         tail = _tail_of(log_view)
-        erased_at = log_view[1].erased_at if log_view else None
+        erased_at = log_view.tail.erased_at if log_view else None
         recent = _after(recent_read.result(), erased_at)
         turns = [t for t in outline_read.result() if erased_at is None or t.position > erased_at]
         known = {t.message_id for t in turns}
@@ -200,7 +246,10 @@ class Rehydrator:
         graph_read = asyncio.ensure_future(
             self._neighbours(call, tenant_id, session_id, ranked[:GRAPH_SEEDS])
         )
-        first = [m.message.id for m in (*tail, *recent)]
+        # Read-your-writes and the recent window go first, newest first: when the tail is
+        # longer than the budget (projectors far behind), the latest turns are kept.
+        newest = sorted([*tail, *recent], key=lambda m: m.position, reverse=True)
+        first = [m.message.id for m in newest]
         items, used, header = await self._pack(
             call,
             tenant_id,
@@ -224,21 +273,53 @@ class Rehydrator:
             tenant_id=tenant_id,
             session_id=session_id,
             query=query,
-            query_source=query_source,  # type: ignore[arg-type]
+            query_source=query_source,
             budget_tokens=budget_tokens,
             tokens=used,
             items=tuple(items),
             header=header,
             tiers=tuple(call.reports),
-            watermarks=log_view[0] if log_view else {},
+            watermarks=log_view.watermarks if log_view else {},
             from_log_tail=sum(1 for i in items if "log" in i.found_by),
             elapsed_ms=(time.perf_counter() - call.started) * 1000,
             session=session_read.result(),
         )
 
-    async def _read_log(
-        self, tenant_id: str, session_id: str, partition: int
-    ) -> tuple[dict[str, Position | None], log_tail.SessionLog]:
+    async def history(
+        self, tenant_id: str, session_id: str, *, limit: int = 100, deadline_ms: int | None = None
+    ) -> list[StoredMessage]:
+        """The session's last ``limit`` messages in log order, read-your-writes included.
+
+        The history store's rows plus the log tail past its watermark; the log alone when
+        the history store does not answer in time. Raises ``ValidationError`` on bad ids and
+        :class:`HistoryUnavailableError` when neither answers.
+        """
+        validate_id("tenant_id", tenant_id)
+        validate_id("session_id", session_id)
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        call = self._call((deadline_ms or self.settings.deadline_ms) / 1000)
+        partition = partition_for(tenant_id, session_id, self._partitions)
+        view, recent = await asyncio.gather(
+            call.within("log", "redis", lambda: self._read_log(tenant_id, session_id, partition)),
+            self._recent(call, tenant_id, session_id, partition, limit),
+        )
+        if view is None and not any(r.tier == "recent" and r.status == "ok" for r in call.reports):
+            raise HistoryUnavailableError(
+                "neither the history store nor the log answered: "
+                + "; ".join(f"{r.tier}: {r.detail}" for r in call.reports if r.status != "ok")
+            )
+        erased_at = view.tail.erased_at if view else None
+        merged = {m.message.id: m for m in _after(recent, erased_at)}
+        for m in _tail_of(view):
+            merged.setdefault(m.message.id, m)
+        return sorted(merged.values(), key=lambda m: m.position)[-limit:]
+
+    def _call(self, deadline_s: float) -> _Call:
+        tiers = {t: ms / 1000 for t, ms in self.settings.tier_deadline_ms.items()}
+        return _Call(started=time.perf_counter(), deadline_s=deadline_s, tier_deadlines_s=tiers)
+
+    async def _read_log(self, tenant_id: str, session_id: str, partition: int) -> log_tail.LogView:
         marks = await log_tail.watermarks(
             self._redis, partition, self._projectors, self._reads_enriched
         )
@@ -253,7 +334,7 @@ class Rehydrator:
             after,
             max_entries=self.settings.log_tail_entries,
         )
-        return marks, found
+        return log_tail.LogView(marks, found)
 
     async def _recent(
         self, call: _Call, tenant_id: str, session_id: str, partition: int, limit: int
@@ -283,7 +364,7 @@ class Rehydrator:
         result, report = await hedged(
             "recent",
             reads,
-            deadline_s=call.left(),
+            deadline_s=call.left("recent", first_phase=True),
             hedge_after_s=self.settings.hedge_after_ms / 1000,
         )
         call.reports.append(report)
@@ -321,6 +402,7 @@ class Rehydrator:
             return []
         started = time.perf_counter()
         vector = await call.within("embedding", "onnx", lambda: embedder.embed_async(query))
+        call.reports[-1] = replace(call.reports[-1], candidates=0)  # a vector, not candidates
         if vector is None:
             return []
         embed_ms = (time.perf_counter() - started) * 1000
@@ -332,10 +414,10 @@ class Rehydrator:
         hits, report = await hedged(
             "dense",
             [(v.store, search(v)) for v in self._vectors],
-            deadline_s=call.left(),
+            deadline_s=call.left("dense", first_phase=True),
             hedge_after_s=self.settings.hedge_after_ms / 1000,
         )
-        call.reports.append(replace(report, ms=report.ms + embed_ms, candidates=len(hits or [])))
+        call.reports.append(replace(report, ms=report.ms + embed_ms))
         return hits or []
 
     async def _lexical(
@@ -360,9 +442,13 @@ class Rehydrator:
         if graph is None or not seeds:
             call.skipped("graph", "no graph store" if graph is None else "nothing to expand")
             return []
-        hits = await call.within(
-            "graph", graph.store, lambda: graph.neighbours(tenant_id, session_id, seeds)
+        hits, report = await within(
+            "graph",
+            graph.store,
+            call.left("graph"),
+            lambda: graph.neighbours(tenant_id, session_id, seeds),
         )
+        call.reports.append(report)
         return hits or []
 
     async def _pack(
@@ -386,7 +472,7 @@ class Rehydrator:
         if used > budget:
             header, used = None, 0
         items: list[Item] = []
-        chunk = max(32, budget // 15)
+        chunk = max(16, budget // 25)  # about the turns a budget holds: most fill in one
         start = 0
         fetches: list[TierReport] = []
         while start < len(order) and budget - used >= MIN_TURN_TOKENS:
@@ -398,7 +484,7 @@ class Rehydrator:
                 fetched, report = await within(
                     "messages",
                     self._history.store,
-                    call.left(),
+                    call.left("messages"),
                     _reader(self._history, tenant_id, session_id, missing),
                 )
                 fetches.append(report)
@@ -447,10 +533,8 @@ def _reader(
     return lambda: history.messages(tenant_id, session_id, message_ids)
 
 
-def _tail_of(
-    view: tuple[dict[str, Position | None], log_tail.SessionLog] | None,
-) -> list[StoredMessage]:
-    return view[1].messages if view else []
+def _tail_of(view: log_tail.LogView | None) -> list[StoredMessage]:
+    return view.tail.messages if view else []
 
 
 def _after(messages: list[StoredMessage], erased_at: Position | None) -> list[StoredMessage]:

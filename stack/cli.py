@@ -20,6 +20,8 @@ from schemas.validation import validate_message
 from stack import health, worker_pool
 from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
 from stack.cli_project import dlq_app, project_app, verify
+from stack.cli_rehydrate import rehydrate
+from stack.cli_serve import serve
 from stack.embedded import control
 from stack.projections import select
 from stack.settings import Settings
@@ -28,6 +30,8 @@ app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(project_app, name="project")
 app.add_typer(dlq_app, name="dlq")
 app.command()(verify)
+app.command()(rehydrate)
+app.command()(serve)
 
 
 @app.command()

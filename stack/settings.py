@@ -13,6 +13,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 
 from producer.settings import ProducerSettings, parse_durability
 from projectors.settings import RuntimeSettings
+from rehydrator.http_keys import parse_api_keys
 from rehydrator.settings import RehydrateSettings
 from schemas.errors import ConfigurationError
 from schemas.limits import Limits
@@ -50,6 +51,10 @@ class Settings:
     redis_appendfsync: str = "everysec"
     redis_port: int = 0
     mongo_port: int = 0
+    api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
+    """HTTP API key → tenant (``AMEM_API_KEYS``); empty: local mode, on loopback only."""
+    http_host: str = "127.0.0.1"
+    http_port: int = 8080
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -86,10 +91,12 @@ class Settings:
         )
         rehydrate = RehydrateSettings(
             deadline_ms=_int(env, "AMEM_REHYDRATE_DEADLINE_MS", 80),
-            hedge_after_ms=_int(env, "AMEM_REHYDRATE_HEDGE_MS", 10),
+            hedge_after_ms=_int(env, "AMEM_REHYDRATE_HEDGE_MS", 20),
             recent_turns=_int(env, "AMEM_REHYDRATE_RECENT_TURNS", 4, minimum=0),
             candidates=_int(env, "AMEM_REHYDRATE_CANDIDATES", 1000),
             log_tail_entries=_int(env, "AMEM_REHYDRATE_LOG_TAIL_ENTRIES", 20_000),
+            concurrency=_int(env, "AMEM_REHYDRATE_CONCURRENCY", 2),
+            tier_deadline_ms=_tier_deadlines(env.get("AMEM_REHYDRATE_TIER_DEADLINES", "graph=25")),
         )
         names = env.get("AMEM_PROJECTORS") or ""
         neo4j_url, neo4j_user, neo4j_password = _credentials(env.get("AMEM_NEO4J_URL") or None)
@@ -114,6 +121,9 @@ class Settings:
             redis_appendfsync=appendfsync,
             redis_port=_int(env, "AMEM_REDIS_PORT", 0, minimum=0),
             mongo_port=_int(env, "AMEM_MONGO_PORT", 0, minimum=0),
+            api_keys=parse_api_keys(env.get("AMEM_API_KEYS") or ""),
+            http_host=env.get("AMEM_HTTP_HOST") or "127.0.0.1",
+            http_port=_int(env, "AMEM_HTTP_PORT", 8080),
         )
 
     @property
@@ -154,6 +164,19 @@ def _credentials(url: str | None) -> tuple[str | None, str | None, str | None]:
     bare = urlunsplit((parts.scheme, netloc, parts.path, parts.query, parts.fragment))
     password = unquote(parts.password) if parts.password is not None else None
     return bare, unquote(parts.username), password
+
+
+def _tier_deadlines(raw: str) -> dict[str, int]:
+    """``tier=ms`` pairs, comma-separated (``graph=25,session=40``)."""
+    out = {}
+    for pair in filter(None, (p.strip() for p in raw.split(","))):
+        tier, sep, ms = pair.partition("=")
+        if not sep or not ms.strip().isdigit() or int(ms) < 1:
+            raise ConfigurationError(
+                f"AMEM_REHYDRATE_TIER_DEADLINES: expected tier=milliseconds, got {pair!r}"
+            )
+        out[tier.strip()] = int(ms)
+    return out
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int = 1) -> int:

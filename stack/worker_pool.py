@@ -29,8 +29,15 @@ def _argv() -> list[str]:
     return [sys.executable, "-m", MARKER]
 
 
-def _env(names: Sequence[str], index: int, workers: int) -> dict[str, str]:
-    env = {**os.environ, "AMEM_PROJECTORS": ",".join(names), WORKER_INDEX_VAR: str(index)}
+def _env(settings: Settings, names: Sequence[str], index: int, workers: int) -> dict[str, str]:
+    # AMEM_HOME from the settings, not only the environment: a caller that built its
+    # settings for another home (a benchmark's throw-away stack) gets workers there too.
+    env = {
+        **os.environ,
+        "AMEM_HOME": str(settings.home),
+        "AMEM_PROJECTORS": ",".join(names),
+        WORKER_INDEX_VAR: str(index),
+    }
     if workers > 1:  # several enrichers at two torch threads each would fight over the cores
         env.setdefault("AMEM_EMBED_THREADS", "1")
     return env
@@ -57,7 +64,7 @@ def start(settings: Settings, names: Sequence[str] | None, workers: int) -> list
     logs.mkdir(parents=True, exist_ok=True)
     plan = share(settings, select(settings, names), workers)
     pids = [
-        spawn(_argv(), log=logs / f"worker-{i}.log", env=_env(chosen, i, workers))
+        spawn(_argv(), log=logs / f"worker-{i}.log", env=_env(settings, chosen, i, workers))
         for i, chosen in enumerate(plan)
     ]
     _file(settings).write_bytes(orjson.dumps(pids))
@@ -77,7 +84,8 @@ def run(settings: Settings, names: Sequence[str] | None, workers: int) -> int:
     """Run workers in the foreground until they exit; SIGINT/SIGTERM reach every one."""
     plan = share(settings, select(settings, names), workers)
     children = [
-        subprocess.Popen(_argv(), env=_env(chosen, i, workers)) for i, chosen in enumerate(plan)
+        subprocess.Popen(_argv(), env=_env(settings, chosen, i, workers))
+        for i, chosen in enumerate(plan)
     ]
 
     def forward(signum: int, _frame: object) -> None:

@@ -1,0 +1,321 @@
+"""``rehydrate`` against the real embedded stack, with tiers made to hang one at a time.
+
+A hung server is a real one stopped with SIGSTOP (it accepts nothing more and answers
+nothing: what a dead or overloaded store looks like to a client), or a real table lock that
+makes one tier's reads wait. Every case must answer within the deadline plus 10 ms, name
+the degraded tier and still return the recent window.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+
+import psutil
+import pytest
+import redis.asyncio as aioredis
+
+from producer import Producer
+from projectors.position import Position
+from projectors.records import record_from_enriched
+from projectors.stores.falkordb import FalkorDBGraphStore
+from rehydrator.context import Context
+from rehydrator.errors import HistoryUnavailableError
+from rehydrator.query_embedding import QueryEmbedder
+from rehydrator.rehydrate import Rehydrator
+from rehydrator.tokens import TokenCounter
+from schemas.constants import enriched_key
+from schemas.events import Message, SessionErased
+from schemas.partitioning import partition_for
+from stack.embedded.redis_server import EmbeddedRedis
+from stack.embedded.state import StackState
+from stack.projections import reads_enriched, select
+from stack.rehydration import open_rehydrator
+from stack.settings import Settings
+from tests.fault.harness import Workers, caught_up, env_for, reset_everything
+
+TENANT = "acme"
+SESSION = "trip"
+DEADLINE_MS = 150
+SLACK_MS = 10
+FACT = "I adopted a greyhound called Pixel last spring, she sleeps all day."
+QUESTION = "What is the name of Ben's dog?"
+
+pytestmark = pytest.mark.timeout(300)
+
+
+def conversation(session: str, n: int = 40) -> list[Message]:
+    chatter = [
+        "How was the drive to the coast?",
+        "Long, but the view from the cliffs made up for it.",
+        "Did you try the seafood place near the harbour?",
+        "We did, the grilled sardines were great.",
+        "I should plan a weekend there with my sister.",
+    ]
+    out = []
+    for i in range(n):
+        speaker, role = ("Ada", "user") if i % 2 == 0 else ("Ben", "assistant")
+        text = FACT if i == 11 else f"{chatter[i % len(chatter)]} (turn {i})"
+        out.append(
+            Message(
+                tenant_id=TENANT,
+                session_id=session,
+                id=f"t{i}",
+                role=role,
+                name=speaker,
+                content=text,
+            )
+        )
+    return out
+
+
+@pytest.fixture(scope="module")
+async def projected(
+    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+) -> Settings:
+    """Two sessions appended and projected by a real worker, which is then stopped."""
+    env = env_for(stack_env)
+    settings = Settings.from_env(env)
+    await reset_everything(settings)
+    async with Producer.from_url(settings.require_redis(), settings.producer) as producer:
+        await producer.append_many([*conversation(SESSION), *conversation("later", 6)])
+    workers = Workers(env, tmp_path_factory.mktemp("rehydrate-workers"), count=1)
+    workers.start_all()
+    try:
+        async with asyncio.timeout(240):
+            await workers.running(0)
+            await caught_up(workers.settings)
+    finally:
+        assert workers.stop_all() == [0], workers.tail()
+    return settings
+
+
+@pytest.fixture(scope="module")
+async def rehydrator(projected: Settings) -> AsyncIterator[Rehydrator]:
+    async with open_rehydrator(projected) as opened:
+        yield opened
+
+
+async def timed(rehydrator: Rehydrator, query: str | None = QUESTION) -> tuple[Context, float]:
+    started = time.perf_counter()
+    context = await rehydrator.rehydrate(
+        TENANT, SESSION, query, budget_tokens=600, deadline_ms=DEADLINE_MS
+    )
+    return context, (time.perf_counter() - started) * 1000
+
+
+def ids(context: Context) -> list[str]:
+    return [item.message.id for item in context.items]
+
+
+def assert_degraded_in_time(context: Context, wall_ms: float, tiers: set[str]) -> None:
+    assert wall_ms <= DEADLINE_MS + SLACK_MS, (wall_ms, context.tiers)
+    assert set(context.degraded) == tiers, context.tiers
+    recent = [i for i in context.items if "recent" in i.found_by]
+    assert [i.message.id for i in recent] == ["t36", "t37", "t38", "t39"]
+
+
+@contextmanager
+def stopped(pids: Sequence[int]) -> Iterator[None]:
+    """The processes frozen (SIGSTOP) for the block: connections open, nothing answered."""
+    for pid in pids:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+
+
+def service_pids(settings: Settings, name: str) -> list[int]:
+    pid = StackState.load(settings.home).services[name].pid
+    assert pid is not None
+    return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
+
+
+async def test_every_tier_answers_and_the_fact_is_found(rehydrator: Rehydrator) -> None:
+    context, _ = await timed(rehydrator)
+    assert context.degraded == ()
+    by_tier = {t.tier: t for t in context.tiers}
+    for tier in ("log", "recent", "outline", "dense", "lexical", "graph", "session"):
+        assert by_tier[tier].status == "ok", by_tier[tier]
+    fact = next(i for i in context.items if i.message.id == "t11")
+    assert {"dense", "lexical"} <= set(fact.found_by)
+    assert [i.position for i in context.items] == sorted(i.position for i in context.items)
+    assert context.tokens <= 600
+    assert context.header is not None
+    assert "Ada" in context.header
+    assert context.to_messages()[0]["role"] == "system"
+    assert "Ben: " + FACT in context.to_text()
+
+
+async def test_postgres_hung_recent_window_comes_from_the_log(
+    rehydrator: Rehydrator, projected: Settings
+) -> None:
+    await timed(rehydrator)  # warm: every pool connection open before the freeze
+    with stopped(service_pids(projected, "postgres")):
+        context, wall_ms = await timed(rehydrator)
+    assert_degraded_in_time(context, wall_ms, {"outline", "lexical", "dense"})
+    assert next(t for t in context.tiers if t.tier == "recent").store == "log"
+
+
+async def test_mongo_hung_loses_only_the_session_header(
+    rehydrator: Rehydrator, projected: Settings
+) -> None:
+    with stopped(service_pids(projected, "mongo")):
+        context, wall_ms = await timed(rehydrator)
+    assert_degraded_in_time(context, wall_ms, {"session"})
+    assert context.header is None
+    assert "t11" in ids(context)
+
+
+async def test_log_server_hung_projections_still_answer(
+    rehydrator: Rehydrator, projected: Settings
+) -> None:
+    # The embedded graph lives in the log's redis-server: both go.
+    with stopped(service_pids(projected, "redis")):
+        context, wall_ms = await timed(rehydrator)
+    assert_degraded_in_time(context, wall_ms, {"log", "graph"})
+    assert "t11" in ids(context)
+
+
+async def test_history_with_its_two_sources_hung_says_so_in_time(
+    rehydrator: Rehydrator, projected: Settings
+) -> None:
+    frozen = [*service_pids(projected, "postgres"), *service_pids(projected, "redis")]
+    started = time.perf_counter()
+    with stopped(frozen), pytest.raises(HistoryUnavailableError, match="neither"):
+        await rehydrator.history(TENANT, SESSION, deadline_ms=DEADLINE_MS)
+    assert (time.perf_counter() - started) * 1000 <= DEADLINE_MS + SLACK_MS
+    assert len(await rehydrator.history(TENANT, SESSION, limit=5)) == 5
+
+
+async def test_vector_table_locked_loses_only_the_dense_tier(
+    rehydrator: Rehydrator, projected: Settings
+) -> None:
+    import asyncpg
+
+    conn = await asyncpg.connect(projected.require_postgres())
+    try:
+        async with conn.transaction():
+            await conn.execute("LOCK TABLE amem_vectors IN ACCESS EXCLUSIVE MODE")
+            context, wall_ms = await timed(rehydrator)
+    finally:
+        await conn.close()
+    assert_degraded_in_time(context, wall_ms, {"dense"})
+    assert "t11" in ids(context)  # full text still finds it
+
+
+@asynccontextmanager
+async def separate_graph(settings: Settings, home: Path) -> AsyncIterator[tuple[int, str]]:
+    """A second redis-server + FalkorDB holding the graph projection of the test sessions."""
+    server = EmbeddedRedis(home)
+    record = server.start(None)
+    assert record.pid is not None
+    assert record.url is not None
+    store = FalkorDBGraphStore(url=record.url)
+    await store.start()
+    client = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        partition = partition_for(TENANT, SESSION, settings.producer.partitions)
+        entries: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrange(  # type: ignore[assignment]
+            enriched_key(partition)
+        )
+        await store.apply([record_from_enriched(partition, fields) for _, fields in entries])
+        yield record.pid, record.url
+    finally:
+        await client.aclose()
+        await store.close()
+        server.stop(record)
+
+
+async def test_graph_server_hung_loses_only_the_graph_tier(
+    rehydrator: Rehydrator, projected: Settings, tmp_path: Path
+) -> None:
+    async with separate_graph(projected, tmp_path) as (pid, url):
+        graph = FalkorDBGraphStore(url=url)
+        await graph.start()
+        try:
+            on_its_own = Rehydrator(
+                redis=rehydrator._redis,
+                partitions=projected.producer.partitions,
+                projectors=select(projected),
+                reads_enriched=reads_enriched,
+                history=rehydrator._history,
+                vectors=rehydrator._vectors,
+                graph=graph,
+                sessions=rehydrator._sessions,
+                embedder=rehydrator._embedder,
+                counter=TokenCounter.load(),
+            )
+            healthy, _ = await timed(on_its_own)
+            graph_tier = next(t for t in healthy.tiers if t.tier == "graph")
+            assert graph_tier.status == "ok"
+            assert graph_tier.candidates > 0
+            with stopped([pid]):
+                context, wall_ms = await timed(on_its_own)
+        finally:
+            await graph.close()
+    assert_degraded_in_time(context, wall_ms, {"graph"})
+
+
+async def test_messages_appended_after_the_watermarks_are_in_the_context(
+    rehydrator: Rehydrator, projected: Settings
+) -> None:
+    """Every projector is stopped (the fixture stopped the worker): only the log has them."""
+    new = [
+        Message(tenant_id=TENANT, session_id="later", id="n1", role="assistant", content="Noted."),
+        Message(
+            tenant_id=TENANT, session_id="later", id="n2", role="user", content="Book the ferry?"
+        ),
+    ]
+    async with Producer.from_url(projected.require_redis(), projected.producer) as producer:
+        appended = await producer.append_many(new)
+    context = await rehydrator.rehydrate(TENANT, "later", budget_tokens=2000)
+    assert ids(context)[-2:] == ["n1", "n2"]
+    assert all("log" in i.found_by for i in context.items[-2:])
+    assert context.from_log_tail == 2
+    assert context.query == "Book the ferry?"
+    assert context.query_source == "latest user turn"
+    mark = context.watermarks["postgres"]
+    assert mark is not None
+    assert mark < Position.parse(appended[0].stream_id)
+
+
+async def test_an_erase_not_yet_projected_hides_the_session_at_once(
+    rehydrator: Rehydrator, projected: Settings
+) -> None:
+    async with Producer.from_url(projected.require_redis(), projected.producer) as producer:
+        await producer.append_events([SessionErased(tenant_id=TENANT, session_id="later")])
+        await producer.append_many(
+            [Message(tenant_id=TENANT, session_id="later", id="n3", role="user", content="Hi")]
+        )
+    context = await rehydrator.rehydrate(TENANT, "later", "ferry", budget_tokens=2000)
+    assert ids(context) == ["n3"]
+    assert [m.message.id for m in await rehydrator.history(TENANT, "later")] == ["n3"]
+
+
+async def test_another_tenant_sees_nothing(rehydrator: Rehydrator) -> None:
+    context = await rehydrator.rehydrate("other", SESSION, QUESTION, budget_tokens=2000)
+    assert context.items == ()
+    assert context.header is None
+
+
+async def test_bad_arguments_are_refused(rehydrator: Rehydrator) -> None:
+    from schemas.errors import ValidationError
+
+    with pytest.raises(ValidationError, match="session_id"):
+        await rehydrator.rehydrate(TENANT, "bad id!", QUESTION)
+    with pytest.raises(ValueError, match="budget_tokens"):
+        await rehydrator.rehydrate(TENANT, SESSION, QUESTION, budget_tokens=0)
+
+
+def test_query_embedder_is_exported_once(projected: Settings) -> None:
+    models = projected.home / "models"
+    assert (models / "all-MiniLM-L6-v2.onnx").is_file()
+    assert QueryEmbedder.load(models).embed("x")
