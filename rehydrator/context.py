@@ -37,6 +37,20 @@ def render(message: Message) -> str:
     return text
 
 
+def message_json(m: Message) -> dict[str, Any]:
+    """A message's own fields as JSON (those of the wire format, tenant and session aside)."""
+    return {
+        "id": m.id,
+        "role": m.role,
+        "content": m.content,
+        "name": m.name,
+        "parent_id": m.parent_id,
+        "agent_id": m.agent_id,
+        "created_at": m.created_at.isoformat(),
+        "metadata": dict(m.metadata),
+    }
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Item:
     message: Message
@@ -52,14 +66,8 @@ class Item:
     """Tier → that tier's own score for this message."""
 
     def as_json(self) -> dict[str, Any]:
-        m = self.message
         return {
-            "id": m.id,
-            "role": m.role,
-            "name": m.name,
-            "content": m.content,
-            "created_at": m.created_at.isoformat(),
-            "metadata": dict(m.metadata),
+            **message_json(self.message),
             "position": str(self.position),
             "tokens": self.tokens,
             "score": round(self.score, 6),

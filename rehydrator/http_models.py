@@ -136,9 +136,11 @@ class RehydrateIn(_Strict):
 class ItemOut(BaseModel):
     id: str
     role: Role
-    name: str | None
     content: str
-    created_at: str
+    name: str | None
+    parent_id: str | None
+    agent_id: str | None
+    created_at: AwareDatetime
     metadata: dict[str, JsonValue]
     position: str
     tokens: int

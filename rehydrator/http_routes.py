@@ -18,6 +18,7 @@ from starlette.responses import Response
 
 from producer import Producer
 from projectors.store import StoredMessage
+from rehydrator.context import message_json
 from rehydrator.http_keys import ApiKeys
 from rehydrator.http_models import (
     ID_REGEX,
@@ -117,19 +118,7 @@ def _message(tenant_id: str, session_id: str, m: MessageIn) -> Message:
 
 
 def _stored(s: StoredMessage) -> dict[str, Any]:
-    m = s.message
-    return {
-        "id": m.id,
-        "role": m.role,
-        "content": m.content,
-        "name": m.name,
-        "parent_id": m.parent_id,
-        "agent_id": m.agent_id,
-        "created_at": m.created_at.isoformat(),
-        "metadata": dict(m.metadata),
-        "partition": s.partition,
-        "position": str(s.position),
-    }
+    return {**message_json(s.message), "partition": s.partition, "position": str(s.position)}
 
 
 class HealthCache:
