@@ -84,6 +84,7 @@ async def concurrent(
 ) -> dict[str, Any]:
     work = iter(itertools.islice(itertools.cycle(asked), calls))
     walls: list[float] = []
+    queued: list[float] = []
     degraded = 0
 
     async def caller() -> None:
@@ -92,6 +93,7 @@ async def concurrent(
             started = time.perf_counter()
             context = await rehydrator.rehydrate(TENANT, session, question, BUDGET)
             walls.append((time.perf_counter() - started) * 1000)
+            queued.append(context.queued_ms)
             degraded += bool(context.degraded)
 
     started = time.perf_counter()
@@ -102,6 +104,7 @@ async def concurrent(
         "calls": calls,
         "calls_per_s": round(calls / seconds, 1),
         "latency_ms": summary(walls),
+        "queued_ms": summary(queued),
         "degraded_calls": degraded,
     }
 
@@ -127,7 +130,9 @@ def markdown(report: dict[str, Any]) -> str:
         f" {conc['latency_ms']['mean']} | {conc['latency_ms']['max']} | |",
         "",
         f"Throughput at {conc['callers']} concurrent callers: **{conc['calls_per_s']} calls/s**"
-        f" (one process). Calls with a degraded tier: {seq['degraded_calls']} one at a time,"
+        f" (one process, `AMEM_REHYDRATE_CONCURRENCY` calls served at once, the others"
+        f" waiting their turn: p50 {conc['queued_ms']['p50']} ms of the concurrent latency"
+        f" is that wait). Calls with a degraded tier: {seq['degraded_calls']} one at a time,"
         f" {conc['degraded_calls']} concurrent.",
         "",
         "Per tier, one call at a time (each tier's own wall time; the tiers of the first"
