@@ -59,10 +59,6 @@ class LogView:
     watermarks: dict[str, Position | None]
     tail: SessionLog
 
-    def __len__(self) -> int:
-        """The tier's candidates: messages no projection had yet."""
-        return len(self.tail.messages)
-
 
 def _before(position: Position) -> Position:
     """The greatest stream id below ``position``."""

@@ -93,6 +93,11 @@ class _Call:
     def annotate(self, tier: str, detail: str) -> None:
         self.reports = [replace(r, detail=detail) if r.tier == tier else r for r in self.reports]
 
+    def count(self, tier: str, candidates: int) -> None:
+        self.reports = [
+            replace(r, candidates=candidates) if r.tier == tier else r for r in self.reports
+        ]
+
     def skipped(self, tier: str, why: str) -> None:
         self.reports.append(TierReport(tier=tier, store=None, status="skipped", ms=0, detail=why))
 
@@ -219,10 +224,12 @@ class Rehydrator:
         await asyncio.wait({dense_read, lexical_read})
 
         log_view = log_read.result()
-        if log_view is not None and log_view.tail.truncated:
-            call.annotate("log", f"tail cut at {self.settings.log_tail_entries} entries")
+        if log_view is not None:
+            call.count("log", len(log_view.tail.messages))  # messages no projection had yet
+            if log_view.tail.truncated:
+                call.annotate("log", f"tail cut at {self.settings.log_tail_entries} entries")
         tail = _tail_of(log_view)
-        erased_at = log_view.tail.erased_at if log_view else None
+        erased_at = log_view.tail.erased_at if log_view is not None else None
         recent = _after(recent_read.result(), erased_at)
         turns = [t for t in outline_read.result() if erased_at is None or t.position > erased_at]
         known = {t.message_id for t in turns}
@@ -279,7 +286,7 @@ class Rehydrator:
             items=tuple(items),
             header=header,
             tiers=tuple(call.reports),
-            watermarks=log_view.watermarks if log_view else {},
+            watermarks=log_view.watermarks if log_view is not None else {},
             from_log_tail=sum(1 for i in items if "log" in i.found_by),
             elapsed_ms=(time.perf_counter() - call.started) * 1000,
             session=session_read.result(),
@@ -309,7 +316,7 @@ class Rehydrator:
                 "neither the history store nor the log answered: "
                 + "; ".join(f"{r.tier}: {r.detail}" for r in call.reports if r.status != "ok")
             )
-        erased_at = view.tail.erased_at if view else None
+        erased_at = view.tail.erased_at if view is not None else None
         merged = {m.message.id: m for m in _after(recent, erased_at)}
         for m in _tail_of(view):
             merged.setdefault(m.message.id, m)
@@ -534,7 +541,7 @@ def _reader(
 
 
 def _tail_of(view: log_tail.LogView | None) -> list[StoredMessage]:
-    return view.tail.messages if view else []
+    return view.tail.messages if view is not None else []
 
 
 def _after(messages: list[StoredMessage], erased_at: Position | None) -> list[StoredMessage]:

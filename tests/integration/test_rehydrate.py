@@ -138,9 +138,15 @@ def service_pids(settings: Settings, name: str) -> list[int]:
     return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
 
 
-async def test_every_tier_answers_and_the_fact_is_found(rehydrator: Rehydrator) -> None:
+async def test_every_tier_answers_and_the_fact_is_found(
+    rehydrator: Rehydrator, projected: Settings
+) -> None:
     context, _ = await timed(rehydrator)
     assert context.degraded == ()
+    assert context.from_log_tail == 0  # everything is projected: no tail
+    marks = context.watermarks
+    assert set(marks) == set(select(projected))
+    assert all(mark is not None for mark in marks.values()), marks
     by_tier = {t.tier: t for t in context.tiers}
     for tier in ("log", "recent", "outline", "dense", "lexical", "graph", "session"):
         assert by_tier[tier].status == "ok", by_tier[tier]
@@ -292,6 +298,9 @@ async def test_an_erase_not_yet_projected_hides_the_session_at_once(
 ) -> None:
     async with Producer.from_url(projected.require_redis(), projected.producer) as producer:
         await producer.append_events([SessionErased(tenant_id=TENANT, session_id="later")])
+        # Nothing after the erase yet: the projections still hold the session, the log says no.
+        assert (await rehydrator.rehydrate(TENANT, "later", "ferry")).items == ()
+        assert await rehydrator.history(TENANT, "later") == []
         await producer.append_many(
             [Message(tenant_id=TENANT, session_id="later", id="n3", role="user", content="Hi")]
         )
