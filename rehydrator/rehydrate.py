@@ -20,8 +20,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
 from typing import TypeVar
 
 import redis.asyncio as aioredis
@@ -38,10 +38,12 @@ from projectors.store import (
     VectorStore,
 )
 from rehydrator import log_tail
-from rehydrator.context import Context, Item, QuerySource, TierReport, render
+from rehydrator.call import Call, Pool
+from rehydrator.context import Context, QuerySource
 from rehydrator.deadlines import hedged, within
 from rehydrator.errors import HistoryUnavailableError
 from rehydrator.fusion import FusionWeights, fuse
+from rehydrator.packing import pack
 from rehydrator.query_embedding import QueryEmbedder
 from rehydrator.settings import RehydrateSettings
 from rehydrator.tokens import TokenCounter
@@ -53,70 +55,6 @@ T = TypeVar("T")
 MAX_BUDGET = 1_000_000
 GRAPH_SEEDS = 5
 """Best-ranked turns whose graph neighbourhood is read."""
-MIN_TURN_TOKENS = 4
-"""No turn costs less ([CLS], [SEP], a speaker and a word): below this, packing stops."""
-
-
-FIRST_PHASE_SHARE = 0.7
-"""Share of the deadline for the reads ranking needs; the rest is for the graph and texts."""
-
-
-@dataclass(slots=True)
-class _Call:
-    """One ``rehydrate`` in progress: its deadline and what each tier has said.
-
-    Reads come in two phases: those that ranking needs, bounded by a share of the deadline,
-    then those that need the ranking (graph neighbours, the texts of ranked turns), bounded
-    by the deadline itself. A first-phase tier that hangs therefore still leaves time for
-    the second phase.
-    """
-
-    started: float
-    deadline_s: float
-    tier_deadlines_s: Mapping[str, float]
-    reports: list[TierReport] = field(default_factory=list)
-
-    def left(self, tier: str, *, first_phase: bool = False) -> float:
-        """Time left for a read of ``tier`` starting now."""
-        share = FIRST_PHASE_SHARE if first_phase else 1.0
-        left = max(0.0, self.started + self.deadline_s * share - time.perf_counter())
-        return min(left, self.tier_deadlines_s.get(tier, left))
-
-    async def within(
-        self, tier: str, store: str | None, read: Callable[[], Awaitable[T]]
-    ) -> T | None:
-        """A first-phase read."""
-        result, report = await within(tier, store, self.left(tier, first_phase=True), read)
-        self.reports.append(report)
-        return result
-
-    def annotate(self, tier: str, detail: str) -> None:
-        self.reports = [replace(r, detail=detail) if r.tier == tier else r for r in self.reports]
-
-    def count(self, tier: str, candidates: int) -> None:
-        self.reports = [
-            replace(r, candidates=candidates) if r.tier == tier else r for r in self.reports
-        ]
-
-    def skipped(self, tier: str, why: str) -> None:
-        self.reports.append(TierReport(tier=tier, store=None, status="skipped", ms=0, detail=why))
-
-
-@dataclass(slots=True)
-class _Pool:
-    """Candidate messages: texts known so far and where each was found."""
-
-    stored: dict[str, StoredMessage] = field(default_factory=dict)
-    found_by: dict[str, dict[str, float]] = field(default_factory=dict)
-
-    def add(self, messages: Iterable[StoredMessage], tier: str) -> None:
-        for m in messages:
-            self.stored.setdefault(m.message.id, m)
-            self.found_by.setdefault(m.message.id, {})[tier] = 1.0
-
-    def note(self, hits: Iterable[Hit], tier: str) -> None:
-        for h in hits:
-            self.found_by.setdefault(h.message_id, {})[tier] = h.score
 
 
 class Rehydrator:
@@ -189,7 +127,7 @@ class Rehydrator:
 
     async def _rehydrate(
         self,
-        call: _Call,
+        call: Call,
         tenant_id: str,
         session_id: str,
         query: str | None,
@@ -198,7 +136,7 @@ class Rehydrator:
     ) -> Context:
         recent_n = self.settings.recent_turns if recent_turns is None else recent_turns
         partition = partition_for(tenant_id, session_id, self._partitions)
-        pool = _Pool()
+        pool = Pool()
 
         log_read = asyncio.ensure_future(
             call.within("log", "redis", lambda: self._read_log(tenant_id, session_id, partition))
@@ -257,8 +195,10 @@ class Rehydrator:
         # longer than the budget (projectors far behind), the latest turns are kept.
         newest = sorted([*tail, *recent], key=lambda m: m.position, reverse=True)
         first = [m.message.id for m in newest]
-        items, used, header = await self._pack(
+        items, used, header = await pack(
             call,
+            self._history,
+            self._counter,
             tenant_id,
             session_id,
             budget_tokens,
@@ -322,9 +262,9 @@ class Rehydrator:
             merged.setdefault(m.message.id, m)
         return sorted(merged.values(), key=lambda m: m.position)[-limit:]
 
-    def _call(self, deadline_s: float) -> _Call:
+    def _call(self, deadline_s: float) -> Call:
         tiers = {t: ms / 1000 for t, ms in self.settings.tier_deadline_ms.items()}
-        return _Call(started=time.perf_counter(), deadline_s=deadline_s, tier_deadlines_s=tiers)
+        return Call(started=time.perf_counter(), deadline_s=deadline_s, tier_deadlines_s=tiers)
 
     async def _read_log(self, tenant_id: str, session_id: str, partition: int) -> log_tail.LogView:
         marks = await log_tail.watermarks(
@@ -344,7 +284,7 @@ class Rehydrator:
         return log_tail.LogView(marks, found)
 
     async def _recent(
-        self, call: _Call, tenant_id: str, session_id: str, partition: int, limit: int
+        self, call: Call, tenant_id: str, session_id: str, partition: int, limit: int
     ) -> list[StoredMessage]:
         if limit == 0:
             call.skipped("recent", "recent_turns is 0")
@@ -377,7 +317,7 @@ class Rehydrator:
         call.reports.append(report)
         return result or []
 
-    async def _outline(self, call: _Call, tenant_id: str, session_id: str) -> list[Turn]:
+    async def _outline(self, call: Call, tenant_id: str, session_id: str) -> list[Turn]:
         history = self._history
         if history is None:
             call.skipped("outline", "no history store")
@@ -388,7 +328,7 @@ class Rehydrator:
         )
         return turns or []
 
-    async def _session(self, call: _Call, tenant_id: str, session_id: str) -> SessionSummary | None:
+    async def _session(self, call: Call, tenant_id: str, session_id: str) -> SessionSummary | None:
         sessions = self._sessions
         if sessions is None:
             call.skipped("session", "no session store")
@@ -398,7 +338,7 @@ class Rehydrator:
         )
 
     async def _dense(
-        self, call: _Call, tenant_id: str, session_id: str, query: str | None
+        self, call: Call, tenant_id: str, session_id: str, query: str | None
     ) -> list[Hit]:
         if not query:
             call.skipped("dense", "no query")
@@ -428,7 +368,7 @@ class Rehydrator:
         return hits or []
 
     async def _lexical(
-        self, call: _Call, tenant_id: str, session_id: str, query: str | None
+        self, call: Call, tenant_id: str, session_id: str, query: str | None
     ) -> list[Hit]:
         history = self._history
         if not query or history is None:
@@ -443,7 +383,7 @@ class Rehydrator:
         return hits or []
 
     async def _neighbours(
-        self, call: _Call, tenant_id: str, session_id: str, seeds: Sequence[str]
+        self, call: Call, tenant_id: str, session_id: str, seeds: Sequence[str]
     ) -> list[Hit]:
         graph = self._graph
         if graph is None or not seeds:
@@ -457,87 +397,6 @@ class Rehydrator:
         )
         call.reports.append(report)
         return hits or []
-
-    async def _pack(
-        self,
-        call: _Call,
-        tenant_id: str,
-        session_id: str,
-        budget: int,
-        order: list[str],
-        pool: _Pool,
-        scores: dict[str, float],
-        session: SessionSummary | None,
-    ) -> tuple[list[Item], int, str | None]:
-        """Fill the budget in ``order``, skipping a turn that does not fit.
-
-        Texts not read yet are fetched from the history store a chunk at a time, so a
-        small budget reads few rows.
-        """
-        header = _header(session)
-        used = self._counter.count([header])[0] if header else 0
-        if used > budget:
-            header, used = None, 0
-        items: list[Item] = []
-        chunk = max(16, budget // 25)  # about the turns a budget holds: most fill in one
-        start = 0
-        fetches: list[TierReport] = []
-        while start < len(order) and budget - used >= MIN_TURN_TOKENS:
-            ids = order[start : start + chunk]
-            start += chunk
-            missing = [i for i in ids if i not in pool.stored]
-            failed = any(r.status != "ok" for r in fetches)
-            if missing and self._history is not None and not failed:
-                fetched, report = await within(
-                    "messages",
-                    self._history.store,
-                    call.left("messages"),
-                    _reader(self._history, tenant_id, session_id, missing),
-                )
-                fetches.append(report)
-                for m in fetched or []:
-                    pool.stored[m.message.id] = m
-            stored = [pool.stored[i] for i in ids if i in pool.stored]
-            texts = [render(m.message) for m in stored]
-            added = 0
-            for m, text, tokens in zip(stored, texts, self._counter.count(texts), strict=True):
-                if used + tokens > budget:
-                    continue  # a shorter turn further down may still fit
-                used += tokens
-                added += 1
-                items.append(
-                    Item(
-                        message=m.message,
-                        partition=m.partition,
-                        position=m.position,
-                        text=text,
-                        tokens=tokens,
-                        score=scores.get(m.message.id, 0.0),
-                        found_by=pool.found_by.get(m.message.id, {}),
-                    )
-                )
-            if stored and not added:
-                break  # a whole chunk too long for what is left: the rest would be too
-        if fetches:
-            call.reports.append(_merged(fetches))
-        return items, used, header
-
-
-def _merged(reports: list[TierReport]) -> TierReport:
-    """One report for a tier read several times (the first failure, else the total)."""
-    failed = [r for r in reports if r.status != "ok"]
-    ms = sum(r.ms for r in reports)
-    return replace(
-        failed[0] if failed else reports[0],
-        ms=ms,
-        detail=(failed[0].detail if failed else f"{len(reports)} reads"),
-    )
-
-
-def _reader(
-    history: HistoryStore, tenant_id: str, session_id: str, message_ids: list[str]
-) -> Callable[[], Awaitable[list[StoredMessage]]]:
-    return lambda: history.messages(tenant_id, session_id, message_ids)
 
 
 def _tail_of(view: log_tail.LogView | None) -> list[StoredMessage]:
@@ -563,14 +422,3 @@ def _latest_user_turn(messages: Sequence[StoredMessage]) -> str | None:
         if m.message.role == "user":
             return m.message.content
     return newest[0].message.content if newest else None
-
-
-def _header(session: SessionSummary | None) -> str | None:
-    if session is None:
-        return None
-    people = sorted(p.partition(":")[2] or p for p in session.participants)
-    return (
-        f"Session {session.session_id}: {session.message_count} messages"
-        f" between {', '.join(people)},"
-        f" {session.first_at:%Y-%m-%d} to {session.last_at:%Y-%m-%d}."
-    )
