@@ -28,6 +28,7 @@ import re
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +37,7 @@ from pipeline import err, parser, projected, publish
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
 from rehydrator.context import Context
+from rehydrator.fusion import FusionWeights
 from stack.rehydration import open_rehydrator
 from stack.settings import Settings
 
@@ -67,14 +69,35 @@ def baseline_rrf(data: Path) -> dict[str, float]:
     return out
 
 
+def parse_weights(raw: str | None) -> FusionWeights | None:
+    """``dense=0.65,window=0,speaker=0``: fusion weights other than the measured ones."""
+    if not raw:
+        return None
+    given = {k.strip(): v for k, v in (pair.split("=", 1) for pair in raw.split(","))}
+    known = FusionWeights()
+    unknown = set(given) - {"dense", "window", "radius", "speaker"}
+    if unknown:
+        raise SystemExit(f"--weights: unknown {', '.join(sorted(unknown))}")
+    return replace(
+        known,
+        dense=float(given.get("dense", known.dense)),
+        window=float(given.get("window", known.window)),
+        radius=int(given.get("radius", known.radius)),
+        speaker=float(given.get("speaker", known.speaker)),
+    )
+
+
 async def measure(
-    settings: Settings, asked: list[tuple[str, str, list[str]]], budgets: list[int]
+    settings: Settings,
+    asked: list[tuple[str, str, list[str]]],
+    budgets: list[int],
+    weights: FusionWeights | None,
 ) -> dict[str, Any]:
     hits: dict[int, list[float]] = defaultdict(list)
     elapsed: list[float] = []
     tiers: dict[str, list[float]] = defaultdict(list)
     degraded = 0
-    async with open_rehydrator(settings) as rehydrator:
+    async with open_rehydrator(settings, weights=weights) as rehydrator:
         with Progress(
             "rehydrating", BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=err
         ) as bar:
@@ -130,7 +153,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         settings,
         messages,
     ):
-        measured = await measure(settings, asked, budgets)
+        weights = parse_weights(args.weights)
+        measured = await measure(settings, asked, budgets, weights)
     return {
         **measured,
         "questions": len(asked),
@@ -138,6 +162,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "messages": messages,
         "baseline_rrf": baseline_rrf(path),
         "budgets": budgets,
+        "weights": args.weights or "measured defaults (rehydrator/fusion.py)",
         "elapsed_s": round(time.perf_counter() - started, 1),
     }
 
@@ -145,6 +170,9 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
 def main() -> None:
     args = parser(__doc__.split("\n\n")[0])
     args.add_argument("--budgets", default="1000,2000,4000,8000")
+    args.add_argument(
+        "--weights", help="ablation, e.g. window=0,speaker=0 (fields of FusionWeights)"
+    )
     publish(args.parse_args(), "recall", run, markdown)
 
 

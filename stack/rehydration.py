@@ -18,6 +18,7 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 
 from projectors.store import GraphStore, HistoryStore, Projection, ProjectionStore, VectorStore
+from rehydrator.fusion import FusionWeights
 from rehydrator.query_embedding import QueryEmbedder
 from rehydrator.rehydrate import Rehydrator
 from rehydrator.tokens import TokenCounter
@@ -55,7 +56,11 @@ def _build(settings: Settings, name: str) -> Projection:
 
 
 @asynccontextmanager
-async def open_rehydrator(settings: Settings) -> AsyncIterator[Rehydrator]:
+async def open_rehydrator(
+    settings: Settings, *, weights: FusionWeights | None = None
+) -> AsyncIterator[Rehydrator]:
+    """The rehydrator over every configured store; ``weights`` replaces the measured fusion
+    weights (for ablations: ``bench/recall.py --weights``)."""
     names = select(settings)
     async with AsyncExitStack() as stack:
         stores: dict[str, Projection] = {}
@@ -91,4 +96,5 @@ async def open_rehydrator(settings: Settings) -> AsyncIterator[Rehydrator]:
             embedder=embedder,
             counter=TokenCounter.load(),
             settings=settings.rehydrate,
+            weights=weights,
         )
