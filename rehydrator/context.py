@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from projectors.position import Position
-from projectors.store import SessionSummary
 from schemas.events import Message
 
 TierStatus = Literal["ok", "timeout", "error", "skipped"]
@@ -54,7 +53,6 @@ def message_json(m: Message) -> dict[str, Any]:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Item:
     message: Message
-    partition: int
     position: Position
     text: str
     """:func:`render` of the message."""
@@ -121,7 +119,6 @@ class Context:
     """From the call to its answer, waiting for its turn included."""
     queued_ms: float = 0.0
     """Waiting for a turn (``RehydrateSettings.concurrency`` calls run at once)."""
-    session: SessionSummary | None = field(default=None, repr=False)
 
     @property
     def degraded(self) -> tuple[str, ...]:

@@ -133,7 +133,9 @@ class RehydrateIn(_Strict):
     )
 
 
-class ItemOut(BaseModel):
+class _MessageFields(BaseModel):
+    """A message's own fields: ``rehydrator.context.message_json``."""
+
     id: str
     role: Role
     content: str
@@ -142,6 +144,9 @@ class ItemOut(BaseModel):
     agent_id: str | None
     created_at: AwareDatetime
     metadata: dict[str, JsonValue]
+
+
+class ItemOut(_MessageFields):
     position: str
     tokens: int
     score: float
@@ -188,15 +193,7 @@ class ContextOut(BaseModel):
     text: str = Field(description="The header and one line per item.")
 
 
-class MessageOut(BaseModel):
-    id: str
-    role: Role
-    content: str
-    name: str | None
-    parent_id: str | None
-    agent_id: str | None
-    created_at: AwareDatetime
-    metadata: dict[str, JsonValue]
+class MessageOut(_MessageFields):
     partition: int
     position: str
 

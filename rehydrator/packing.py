@@ -65,7 +65,6 @@ async def pack(
             items.append(
                 Item(
                     message=m.message,
-                    partition=m.partition,
                     position=m.position,
                     text=text,
                     tokens=tokens,

@@ -229,7 +229,6 @@ class Rehydrator:
             watermarks=log_view.watermarks if log_view is not None else {},
             from_log_tail=sum(1 for i in items if "log" in i.found_by),
             elapsed_ms=(time.perf_counter() - call.started) * 1000,
-            session=session_read.result(),
         )
 
     async def history(

@@ -48,15 +48,14 @@ def qdrant_is_local(settings: Settings) -> bool:
     return settings.qdrant_url is None
 
 
-def build_store(settings: Settings, name: str) -> Projection:
-    if name == "postgres":
-        from projectors.stores.postgres import PostgresProjectionStore
-
-        return PostgresProjectionStore(url=settings.require_postgres())
-    if name == "pgvector":
+def build_store(settings: Settings, name: str, *, pool_size: int | None = None) -> Projection:
+    """``pool_size``: connections of the Postgres-backed stores (None: the adapter's default)."""
+    if name in ("postgres", "pgvector"):
         from projectors.stores.pgvector import PgvectorVectorStore
+        from projectors.stores.postgres import DEFAULT_POOL_SIZE, PostgresProjectionStore
 
-        return PgvectorVectorStore(url=settings.require_postgres())
+        kind = PostgresProjectionStore if name == "postgres" else PgvectorVectorStore
+        return kind(url=settings.require_postgres(), pool_size=pool_size or DEFAULT_POOL_SIZE)
     if name == "mongo":
         from projectors.stores.mongo import MongoProjectionStore
 

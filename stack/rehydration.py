@@ -45,16 +45,6 @@ async def _opened(stack: AsyncExitStack, store: P) -> P | None:
     return store
 
 
-def _build(settings: Settings, name: str) -> Projection:
-    store = build_store(settings, name)
-    if name in ("postgres", "pgvector"):
-        from projectors.stores.postgres import PostgresProjection
-
-        assert isinstance(store, PostgresProjection)
-        return type(store)(url=settings.require_postgres(), pool_size=POOL_SIZE)
-    return store
-
-
 @asynccontextmanager
 async def open_rehydrator(
     settings: Settings, *, weights: FusionWeights | None = None
@@ -67,7 +57,7 @@ async def open_rehydrator(
         for name in names:
             if name == "enricher" or (name == "qdrant" and qdrant_is_local(settings)):
                 continue
-            opened = await _opened(stack, _build(settings, name))
+            opened = await _opened(stack, build_store(settings, name, pool_size=POOL_SIZE))
             if opened is not None:
                 stores[name] = opened
         redis = aioredis.Redis.from_url(

@@ -34,6 +34,9 @@ from schemas.events import Message
 
 Connection = Any  # asyncpg ships no type information
 
+DEFAULT_POOL_SIZE = 4
+"""Connections per projection in a worker (the rehydrator, reading tiers at once, asks more)."""
+
 SEARCHABLE = (
     "to_tsvector('english', coalesce(name, role) || ': ' || content"
     " || coalesce(' [image: ' || (metadata->>'blip_caption') || ']', ''))"
@@ -113,7 +116,9 @@ class PostgresProjection(Projection):
     tables: ClassVar[tuple[str, ...]]
     """Tables this projection owns (its rows, not the shared bookkeeping)."""
 
-    def __init__(self, *, url: str, projector: str | None = None, pool_size: int = 4) -> None:
+    def __init__(
+        self, *, url: str, projector: str | None = None, pool_size: int = DEFAULT_POOL_SIZE
+    ) -> None:
         self._url = url
         self.projector = projector or self.store
         self._pool_size = pool_size
