@@ -321,9 +321,15 @@ class Worker:
             try:
                 await call()
                 return
-            except LOG_SERVER_ERRORS:
+            except LOG_SERVER_ERRORS as exc:
                 if self._stopping.is_set():
                     raise
+                self._log.warning(
+                    "log server unavailable (%s: %s); retrying in %.1fs",
+                    type(exc).__name__,
+                    exc,
+                    delay,
+                )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_s)
 

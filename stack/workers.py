@@ -8,8 +8,10 @@ first worker runs the ``qdrant`` projector, the others run every other projector
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import logging
 import os
+import signal
 from collections.abc import Sequence
 
 from projectors.metrics import PrometheusMiddleware
@@ -46,6 +48,8 @@ def main() -> None:
         level=os.environ.get("AMEM_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
     )
+    # `kill -USR1 <pid>` prints every thread's stack to stderr: a stuck worker explains itself.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     worker = build_worker(Settings.from_env())
     asyncio.run(worker.app.run())
 

@@ -112,6 +112,8 @@ class PostgresProjection(Projection):
         asyncpg.exceptions.CannotConnectNowError,
         asyncpg.exceptions.AdminShutdownError,
         asyncpg.exceptions.CrashShutdownError,
+        # A worker's start-up DDL can deadlock with another worker's batch; the loser retries.
+        asyncpg.exceptions.DeadlockDetectedError,
     )
     tables: ClassVar[tuple[str, ...]]
     """Tables this projection owns (its rows, not the shared bookkeeping)."""

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import os
 import random
 import signal
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 
 import redis.asyncio as aioredis
@@ -33,6 +35,9 @@ FAULT_ENV = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
 }
+STARTUP_S = 120.0
+"""A worker that has not started consuming by then is stuck (a start takes 5-15 s here)."""
+STOP_S = 60.0
 NAMES = ("Alice", "Bob", "Lisbon", "Kyoto", "Ada Lovelace", "Mount Fuji", "Paris")
 
 
@@ -81,10 +86,17 @@ class Workers:
 
     async def running(self, index: int) -> None:
         """Wait until the worker consumes (it logs its consumer name once started)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTUP_S
         while b" runs " not in self.current_log[index].read_bytes():
             proc = self.procs[index]
             assert proc is not None
             assert proc.poll() is None, f"worker {index} died: see {self.current_log[index]}"
+            if loop.time() > deadline:
+                self._dump_stacks(proc)
+                raise AssertionError(
+                    f"worker {index} did not start consuming in {STARTUP_S:.0f}s\n" + self.tail()
+                )
             await asyncio.sleep(0.1)
 
     def start_all(self) -> None:
@@ -100,17 +112,73 @@ class Workers:
         self.kills += 1
 
     def stop_all(self) -> list[int]:
-        """SIGTERM every worker and wait: each finishes its batch in hand."""
+        """SIGTERM every worker and wait: each finishes its batch in hand.
+
+        A worker still alive after ``STOP_S`` has its stacks dumped to its log and is
+        SIGKILLed (reported as -9), so no process outlives the test holding a store.
+        """
         for proc in self.procs:
             if proc is not None and proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        return [proc.wait(60) for proc in self.procs if proc is not None]
+        return [self._reap(proc) for proc in self.procs if proc is not None]
+
+    def _reap(self, proc: subprocess.Popen[bytes]) -> int:
+        try:
+            return proc.wait(STOP_S)
+        except subprocess.TimeoutExpired:
+            self._dump_stacks(proc)
+            proc.kill()
+            proc.wait()
+            return -signal.SIGKILL
+
+    @staticmethod
+    def _dump_stacks(proc: subprocess.Popen[bytes]) -> None:
+        """Have a live worker print every thread's stack into its log (stack.workers)."""
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGUSR1)
+            with suppress(subprocess.TimeoutExpired):
+                proc.wait(1.0)
 
     def tail(self) -> str:
         return "\n".join(
             f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:]
             for p in sorted(self.logs.glob("worker-*.log"))
         )
+
+
+@asynccontextmanager
+async def bounded(what: str, seconds: float, workers: Workers) -> AsyncIterator[None]:
+    """Fail with where every task of this process waits, instead of hanging past ``seconds``.
+
+    The stacks are taken before the cancellation unwinds them: they show the stuck await.
+    """
+    task = asyncio.current_task()
+    assert task is not None
+    stacks: list[str] = []
+
+    def expire() -> None:
+        stacks.append(_task_stacks())
+        task.cancel()
+
+    timer = asyncio.get_running_loop().call_later(seconds, expire)
+    try:
+        yield
+    except asyncio.CancelledError:
+        if not stacks:
+            raise
+        task.uncancel()
+        raise AssertionError(
+            f"{what} took over {seconds:.0f}s; this process's tasks:\n" + stacks[0] + workers.tail()
+        ) from None
+    finally:
+        timer.cancel()
+
+
+def _task_stacks() -> str:
+    out = io.StringIO()
+    for task in asyncio.all_tasks():
+        task.print_stack(limit=15, file=out)
+    return out.getvalue()
 
 
 async def reset_everything(settings: Settings) -> None:

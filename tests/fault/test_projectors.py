@@ -28,6 +28,7 @@ from stack.settings import Settings
 from tests.fault.harness import (
     Workers,
     assert_clean,
+    bounded,
     caught_up,
     embedded,
     env_for,
@@ -38,7 +39,11 @@ from tests.fault.harness import (
 )
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
-CATCH_UP_S = 420
+# Each phase has its own bound, all within the test's 900 s, so that a stuck phase fails
+# with the stacks of where it waits (and its workers' logs) rather than by the timeout.
+KILLING_S = 360
+CATCH_UP_S = 300
+VERIFY_S = 180
 
 
 @pytest.fixture
@@ -54,19 +59,19 @@ async def workers(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Wo
 
 async def _finish(pool: Workers, expected_messages: int | None = None) -> None:
     settings = pool.settings
-    try:
-        async with asyncio.timeout(CATCH_UP_S):
-            await caught_up(settings)
-    except TimeoutError:
-        raise AssertionError("projectors did not catch up\n" + pool.tail()) from None
+    async with bounded("catching up", CATCH_UP_S, pool):
+        await caught_up(settings)
     # A worker restarted just before the end may still be importing, before its SIGTERM
     # handler exists: the default action would kill it (it holds nothing yet).
     for i in range(len(pool.procs)):
         await pool.running(i)
     assert pool.stop_all() == [0] * len(pool.procs), "a worker did not exit cleanly on SIGTERM"
-    assert_clean(await verify_all(settings), pool)
+    async with bounded("verifying", VERIFY_S, pool):
+        verdicts = await verify_all(settings)
+        embedded_messages = await embedded(settings)
+    assert_clean(verdicts, pool)
     if expected_messages is not None:
-        assert await embedded(settings) == expected_messages
+        assert embedded_messages == expected_messages
 
 
 async def test_sigkill_of_workers_at_random_instants_loses_and_duplicates_nothing(
@@ -76,14 +81,15 @@ async def test_sigkill_of_workers_at_random_instants_loses_and_duplicates_nothin
     workers.start_all()
     producing = asyncio.create_task(flow(workers.settings, messages, per_second=250))
     rng = random.Random(11)
-    while workers.kills < 20 or not producing.done():
-        # A random instant of a consuming worker's life: mid-batch, mid-embedding, mid-ack.
-        victim = rng.randrange(len(workers.procs))
-        await workers.running(victim)
-        await asyncio.sleep(rng.uniform(0.2, 3.0))
-        workers.kill(victim)
-        workers.start(victim)
-    await producing
+    async with bounded("killing workers under traffic", KILLING_S, workers):
+        while workers.kills < 20 or not producing.done():
+            # A random instant of a consuming worker's life: mid-batch, mid-embedding, mid-ack.
+            victim = rng.randrange(len(workers.procs))
+            await workers.running(victim)
+            await asyncio.sleep(rng.uniform(0.2, 3.0))
+            workers.kill(victim)
+            workers.start(victim)
+        await producing
     # Every text was embedded and stored exactly once despite the kills.
     await _finish(workers, expected_messages=len(messages))
     assert workers.kills >= 20
