@@ -1,8 +1,13 @@
 """The raw side of ``bench/project.py``: the same rows, the same client, none of the logic.
 
-Each writer takes the batches a projector applied and writes the rows the adapter builds
-from them into scratch tables, collections or graphs: a plain multi-row insert per batch,
-without tombstones, positions, upserts or acknowledgements. It returns the seconds taken.
+Each writer takes the batches a projector applied and writes the rows the store ends up
+holding into scratch tables, collections or graphs, by the plainest bulk method that gives
+them: multi-row inserts for Postgres and pgvector, point upserts for Qdrant, ``CREATE`` for
+the graph's messages and edges (``MERGE`` only for the session and entity nodes batches
+share), plain ``$set`` upserts of Mongo's session documents (the loader keeps each
+session's aggregates in memory). No tombstones, positions, relinking, order-insensitive
+operators or acknowledgements. Each returns the seconds taken. ``graph_nodes`` and
+``mongo_messages`` write the same messages more cheaply still, as other rows.
 """
 
 from __future__ import annotations
@@ -15,11 +20,12 @@ from typing import Any
 
 import asyncpg
 from falkordb.asyncio import FalkorDB  # type: ignore[import-untyped]
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, UpdateOne
 from qdrant_client import AsyncQdrantClient, models
 
 from projectors.records import Record, split
-from projectors.stores.cypher import _message_row
+from projectors.stores.cypher import KEYS, LOOKUPS, _message_row, upsert
+from projectors.stores.mongo import Entry, escape, session_key, time_text
 from projectors.stores.pgvector import _vector_literal
 from projectors.stores.postgres import MESSAGE_COLUMNS, message_columns
 from projectors.stores.qdrant import QdrantVectorStore
@@ -107,7 +113,54 @@ async def pgvector(settings: Settings, batches: Batches) -> float:
 
 
 async def mongo(settings: Settings, batches: Batches) -> float:
-    """One document per message, ``insert_many`` per batch."""
+    """The adapter's session documents, one ``bulk_write`` of plain ``$set`` upserts per batch.
+
+    The loader keeps each session's participants, first and last times and last position
+    in memory and sets them, where the adapter uses ``$addToSet``/``$min``/``$max``; no
+    revision, no tombstones.
+    """
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.require_mongo())
+    seen: dict[str, dict[str, Any]] = {}
+    try:
+        collection = client["amem_bench"]["raw_sessions"]
+        await collection.drop()
+        started = time.perf_counter()
+        for batch in _messages(batches):
+            updates: dict[str, dict[str, Any]] = {}
+            for r in batch:
+                m = r.message.message
+                key = session_key(m.tenant_id, m.session_id)
+                entry = Entry.of(r)
+                at = time_text(m.created_at)
+                known = seen.setdefault(
+                    key, {"participants": set(), "first_at": at, "last_at": at, "pos": ""}
+                )
+                known["participants"].add(entry.who)
+                known["first_at"] = min(known["first_at"], at)
+                known["last_at"] = max(known["last_at"], at)
+                known["pos"] = max(known["pos"], r.position.key)
+                fields = updates.setdefault(
+                    key, {"tenant_id": m.tenant_id, "session_id": m.session_id}
+                )
+                fields[f"messages.{escape(m.id)}"] = entry.text()
+                fields |= {
+                    "participants": sorted(known["participants"]),
+                    "first_at": known["first_at"],
+                    "last_at": known["last_at"],
+                    "last_position": known["pos"],
+                }
+            if updates:
+                await collection.bulk_write(
+                    [UpdateOne({"_id": k}, {"$set": f}, upsert=True) for k, f in updates.items()],
+                    ordered=False,
+                )
+        return time.perf_counter() - started
+    finally:
+        await client.close()
+
+
+async def mongo_messages(settings: Settings, batches: Batches) -> float:
+    """One document per message, ``insert_many`` per batch: the floor of any Mongo write."""
     client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(settings.require_mongo())
     try:
         collection = client["amem_bench"]["raw_messages"]
@@ -155,18 +208,41 @@ async def qdrant(settings: Settings, batches: Batches) -> float:
         shutil.rmtree(path, ignore_errors=True)
 
 
-async def graph(settings: Settings, batches: Batches) -> float:
-    """The adapter's message nodes, one ``UNWIND … CREATE`` per batch, into a scratch graph."""
+RAW_GRAPH = """
+UNWIND $messages AS r
+MERGE (s:Session {key: r.session_key, tenant_id: r.tenant_id})
+CREATE (m:Message)-[:IN_SESSION]->(s)
+SET m = r.props
+WITH count(*) AS done
+UNWIND $mentions AS r
+MATCH (m:Message {key: r.key, tenant_id: r.tenant_id})
+MERGE (e:Entity {key: r.entity_key, tenant_id: r.tenant_id})
+ON CREATE SET e.name = r.name
+CREATE (m)-[:MENTIONS]->(e)
+WITH count(*) AS done
+UNWIND $links AS r
+MATCH (a:Message {key: r.a, tenant_id: r.tenant_id})
+MATCH (b:Message {key: r.b, tenant_id: r.tenant_id})
+CREATE (a)-[:NEXT]->(b)
+WITH count(*) AS done
+UNWIND $replies AS r
+MATCH (a:Message {key: r.key, tenant_id: r.tenant_id})
+MATCH (b:Message {key: r.parent_key, tenant_id: r.tenant_id})
+CREATE (a)-[:REPLY_TO]->(b)
+"""
+"""The elements the projection writes, bulk-loaded: CREATE where the adapter MERGEs (shared
+Session and Entity nodes excepted), NEXT from the loader's own memory of each session's
+last message, no tombstones, relinking or stale-edge cleanup."""
+
+
+async def _into_scratch_graph(settings: Settings, load: Callable[[Any], Awaitable[None]]) -> float:
     db = FalkorDB.from_url(settings.require_redis())
     scratch = db.select_graph("amem_bench_raw")
     try:
+        for label, prop in (*KEYS, *LOOKUPS):  # the adapter's indexes
+            await scratch.query(f"CREATE INDEX FOR (n:{label}) ON (n.{prop})")
         started = time.perf_counter()
-        for batch in _messages(batches):
-            rows = [_message_row(r)["props"] for r in batch]
-            if rows:
-                await scratch.query(
-                    "UNWIND $rows AS r CREATE (m:Message) SET m = r", {"rows": rows}
-                )
+        await load(scratch)
         elapsed = time.perf_counter() - started
         await scratch.delete()
         return elapsed
@@ -174,6 +250,40 @@ async def graph(settings: Settings, batches: Batches) -> float:
         pool = db.connection.connection_pool
         await db.aclose()
         await pool.disconnect()
+
+
+async def graph(settings: Settings, batches: Batches) -> float:
+    """The adapter's nodes and edges (:data:`RAW_GRAPH`), one statement per batch."""
+
+    async def load(scratch: Any) -> None:
+        last: dict[str, str] = {}  # session key -> its latest message key so far
+        for batch in _messages(batches):
+            if not batch:
+                continue
+            params = upsert(batch).params
+            links = []
+            for row in params["messages"]:
+                if row["session_key"] in last:
+                    a = last[row["session_key"]]
+                    links.append({"a": a, "b": row["key"], "tenant_id": row["tenant_id"]})
+                last[row["session_key"]] = row["key"]
+            await scratch.query(RAW_GRAPH, {**params, "links": links})
+
+    return await _into_scratch_graph(settings, load)
+
+
+async def graph_nodes(settings: Settings, batches: Batches) -> float:
+    """Only the message nodes, ``UNWIND … CREATE`` per batch: the floor of any graph write."""
+
+    async def load(scratch: Any) -> None:
+        for batch in _messages(batches):
+            rows = [_message_row(r)["props"] for r in batch]
+            if rows:
+                await scratch.query(
+                    "UNWIND $rows AS r CREATE (m:Message) SET m = r", {"rows": rows}
+                )
+
+    return await _into_scratch_graph(settings, load)
 
 
 RAW_WRITERS: dict[str, RawWriter] = {

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Final
 
+import numpy as np
+
 # Before any Hugging Face import: they read these once, at import time.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
@@ -26,12 +28,21 @@ if TYPE_CHECKING:
     from sentence_transformers import SentenceTransformer
     from tokenizers import Tokenizer
 
-__all__ = ["DEFAULT_BATCH_SIZE", "MODEL_NAME", "Embedder"]
+__all__ = ["DEFAULT_BATCH_SIZE", "MODEL_NAME", "PASS_TOKENS", "Embedder"]
 
 MODEL_NAME: Final = "all-MiniLM-L6-v2"
 """Stable name of the model, stored beside each vector: a new name means re-embedding."""
 
 DEFAULT_BATCH_SIZE: Final = 64
+"""Most texts in one forward pass."""
+
+PASS_TOKENS: Final = 1024
+"""Most padded word pieces in one forward pass (its texts times the longest of them).
+
+A pass pads its texts to the longest, so :meth:`Embedder.embed` sorts a call's texts by
+length and cuts passes by padded size, not by count: many short texts share a pass, long
+ones go a few at a time. On LoCoMo, 2 cores: 256-text calls embed 198 texts/s (141 with
+passes of 64 texts, 187 with 16) and 20-text calls 130/s (109 and 122)."""
 
 
 class Embedder:
@@ -102,19 +113,34 @@ class Embedder:
         return self._batch_size
 
     def embed(self, texts: Sequence[str]) -> list[list[float]]:
-        """One unit-norm vector per text, in order; batched by :attr:`batch_size`. Blocking."""
+        """One unit-norm vector per text, in order; in passes cut by padded size. Blocking."""
         texts = _as_list(texts)
         if not texts:
             return []
-        vectors = self._model.encode(
-            texts,
-            batch_size=self._batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-            show_progress_bar=False,
-        )
+        vectors = np.empty((len(texts), self.dimension), dtype=np.float32)
+        for group in self._passes(texts):
+            vectors[group] = self._model.encode(
+                [texts[i] for i in group],
+                batch_size=len(group),
+                normalize_embeddings=True,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
         result: list[list[float]] = vectors.tolist()
         return result
+
+    def _passes(self, texts: list[str]) -> list[list[int]]:
+        """Indexes of ``texts`` per forward pass: shortest first, each within both bounds."""
+        cap = self.max_seq_length
+        lengths = [min(n, cap) for n in self.count_tokens(texts, special_tokens=True)]
+        passes: list[list[int]] = [[]]
+        for i in sorted(range(len(texts)), key=lengths.__getitem__):
+            current = passes[-1]
+            full = len(current) >= self._batch_size
+            if current and (full or (len(current) + 1) * lengths[i] > PASS_TOKENS):
+                passes.append(current := [])
+            current.append(i)
+        return passes
 
     async def embed_async(self, texts: Sequence[str]) -> list[list[float]]:
         """:meth:`embed` on the embedder's own thread, off the event loop."""

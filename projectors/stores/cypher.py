@@ -17,7 +17,7 @@ matches nothing does not stop the next). Every MATCH and MERGE names the tenant 
 node it binds.
 
 The statements keep to clauses FalkorDB 4.16 and Neo4j 5 both run alike (no ``CALL {}``
-subqueries, ``FOREACH``, ``EXISTS {}`` or APOC), and work around two FalkorDB bugs noted
+subqueries, ``FOREACH``, ``EXISTS {}`` or APOC), and work around three FalkorDB bugs noted
 where they bite. Schema DDL and ``reset`` differ and stay in the adapters.
 """
 
@@ -69,34 +69,6 @@ class Statement:
 # A match from a key lookup is split: `MATCH (anchor {key, tenant_id}) WITH … MATCH (anchor)-…`.
 # Unsplit, FalkorDB's planner may start from the far node, i.e. scan every Message.
 
-_MESSAGES = """
-UNWIND $messages AS row
-MERGE (s:Session {key: row.session_key, tenant_id: row.tenant_id})
-SET s.session_id = row.session_id
-MERGE (m:Message {key: row.key, tenant_id: row.tenant_id})
-MERGE (m)-[:IN_SESSION]->(s)
-WITH m, row
-WHERE m.pos IS NULL OR m.pos <= row.pos
-SET m = row.props
-WITH count(*) AS done
-"""
-# The same id twice in the log: the copy furthest in the log wins, whatever the arrival
-# order (an earlier copy never overwrites). That keeps tombstones exact: a copy appended
-# after an erase survives it, one before it does not. `m.pos = row.pos` below: the winner.
-# `SET m = row.props` (every property, key included) rather than `SET m.a = …, m.b = …`:
-# FalkorDB 4.16 mangles a node when one SET or REMOVE drops several properties (setting
-# name and parent_key to null left parent_key in place and dropped another property).
-
-_MENTIONS = """
-UNWIND $mentions AS row
-MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
-WHERE m.pos = row.pos
-MERGE (e:Entity {key: row.entity_key, tenant_id: row.tenant_id})
-SET e.name = row.name
-MERGE (m)-[:MENTIONS]->(e)
-WITH count(*) AS done
-"""
-
 _GC_ENTITIES = """
 WITH DISTINCT e
 SET e.name = e.name
@@ -112,21 +84,60 @@ WITH count(*) AS done
 The no-op SET write-locks the entity in Neo4j before the mentions are counted, so a
 concurrent batch adding a mention either commits first (and is counted) or waits."""
 
-_STALE_MENTIONS = (
+_MESSAGES = (
     """
 UNWIND $messages AS row
-MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
-WHERE m.pos = row.pos
-WITH row, m
-MATCH (m)-[r:MENTIONS]->(e:Entity {tenant_id: row.tenant_id})
-WHERE NOT e.name IN row.entities
+MERGE (s:Session {key: row.session_key, tenant_id: row.tenant_id})
+ON CREATE SET s.tail_pos = '', s.tail_key = '', s.relink = false
+SET s.session_id = row.session_id
+MERGE (m:Message {key: row.key, tenant_id: row.tenant_id})
+MERGE (m)-[:IN_SESSION]->(s)
+WITH s, m, row, m.pos AS before
+WHERE before IS NULL OR before <= row.pos
+SET s.relink = CASE WHEN before < row.pos THEN true ELSE s.relink END
+SET m = row.props
+WITH m, row, before
+OPTIONAL MATCH (m)-[r:REPLY_TO]->(p:Message {tenant_id: row.tenant_id})
+WHERE before IS NOT NULL AND (row.parent_key IS NULL OR p.key <> row.parent_key)
 DELETE r
+WITH DISTINCT m, row.tenant_id AS tenant_id, row.entities AS entities, before
+OPTIONAL MATCH (m)-[r:MENTIONS]->(e:Entity {tenant_id: tenant_id})
+WHERE before IS NOT NULL AND NOT e.name IN entities
+DELETE r
+WITH e
+WHERE e IS NOT NULL
 """
     + _GC_ENTITIES
 )
-"""Mentions the winning copy no longer has (another copy, or a re-enrichment, had them)."""
+"""Each message written, and what its previous copy had and it has not dropped.
 
-_STALE_REPLIES = """
+The same id twice in the log: the copy furthest in the log wins, whatever the arrival
+order (an earlier copy never overwrites). That keeps tombstones exact: a copy appended
+after an erase survives it, one before it does not. ``m.pos = row.pos`` in later steps: the
+winner. A winner replacing an earlier copy flags its session for a relink (see `_NEXT`);
+a message that was there before loses its REPLY_TO to another parent and the mentions it
+no longer has (another copy, or a re-enrichment, had them), and entities nobody mentions
+any more go with them. A new message has nothing to clean (``before`` is null).
+
+No ``WHERE`` filters rows after the ``SET``: FalkorDB 4.16 applies such a filter, when it
+names only variables bound before the ``SET``, ahead of it, and the rows it drops are never
+written (``WITH m, row SET m = row.props WITH m, row WHERE …`` left filtered nodes empty).
+The conditions sit in the ``OPTIONAL MATCH`` instead, which keeps every row."""
+# `SET m = row.props` (every property, key included) rather than `SET m.a = …, m.b = …`:
+# FalkorDB 4.16 mangles a node when one SET or REMOVE drops several properties (setting
+# name and parent_key to null left parent_key in place and dropped another property).
+
+_MENTIONS = """
+UNWIND $mentions AS row
+MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
+WHERE m.pos = row.pos
+MERGE (e:Entity {key: row.entity_key, tenant_id: row.tenant_id})
+ON CREATE SET e.name = row.name
+MERGE (m)-[:MENTIONS]->(e)
+WITH count(*) AS done
+"""
+
+_REPLIES = """
 UNWIND $messages AS row
 MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
 WHERE m.pos = row.pos
@@ -153,14 +164,13 @@ WITH count(*) AS done
 """REPLY_TO from whichever of child and parent arrives second: child → parent if the parent
 is there, then every child already there (``parent_key`` is indexed) → the new message."""
 
-_NEXT = """
-UNWIND $sessions AS row
-MATCH (s:Session {key: row.session_key, tenant_id: row.tenant_id})
-WITH row, s
+_RELINK = """
 MATCH (s)<-[:IN_SESSION]-(m:Message {tenant_id: row.tenant_id})
-WITH row.tenant_id AS tenant_id, row.session_key AS session, m
+WITH row, s, m
 ORDER BY m.pos
-WITH tenant_id, session, collect(m) AS ms
+WITH row.tenant_id AS tenant_id, s, collect(m) AS ms
+SET s.tail_pos = ms[size(ms) - 1].pos, s.tail_key = ms[size(ms) - 1].key, s.relink = false
+WITH tenant_id, ms
 UNWIND range(0, size(ms) - 1) AS i
 WITH tenant_id, ms[i] AS a, CASE WHEN i + 1 < size(ms) THEN ms[i + 1] END AS b
 OPTIONAL MATCH (a)-[r:NEXT]->(x:Message {tenant_id: tenant_id})
@@ -170,24 +180,59 @@ WITH DISTINCT a, b
 WHERE b IS NOT NULL
 MERGE (a)-[:NEXT]->(b)
 """
-# Concurrent batches of one session (Neo4j; FalkorDB runs one query at a time) must not
-# each recompute NEXT from a view lacking the other's messages: both statements SET a
-# property of every Session they touch first, which write-locks it until commit (Neo4j
-# locks on any SET, even to the same value), rows sorted by session to keep lock order.
-# NEXT is recomputed for every session a batch touches, from the messages now there in
-# `pos` order: each message keeps one NEXT edge, to its successor; edges to anything else
-# (a message arrived in between, out of order) are deleted, missing ones merged. Deleted
-# messages take their edges along (DETACH DELETE) and the gap is bridged here. A scan of
-# the whole session per batch: sessions are conversations (hundreds of messages, not
-# millions), and the writes are only the edges that change.
+"""Follows a step binding `row` and its session `s`: NEXT recomputed over the whole session.
 
-UPSERT = _MESSAGES + _MENTIONS + _STALE_MENTIONS + _STALE_REPLIES + _REPLIES + _NEXT
+Each message keeps one NEXT edge, to its successor in `pos` order; edges to anything else
+(a message arrived in between, out of order) are deleted, missing ones merged, and the
+session's tail (`tail_pos`, `tail_key`: its last message) is set. Deleted messages take
+their edges along (DETACH DELETE) and the gap is bridged here. A scan of the session: the
+slow path, for batches that do not simply extend it."""
+
+_NEXT = (
+    """
+UNWIND $sessions AS row
+MATCH (s:Session {key: row.session_key, tenant_id: row.tenant_id})
+WITH row, s
+WHERE s.relink OR s.tail_pos IS NULL OR s.tail_pos >= row.first_pos
+"""
+    + _RELINK
+    + """
+WITH count(*) AS done
+UNWIND $sessions AS row
+MATCH (s:Session {key: row.session_key, tenant_id: row.tenant_id})
+WITH row, s
+WHERE s.tail_pos IS NOT NULL AND s.tail_pos < row.first_pos
+WITH row, s, [s.tail_key] + row.keys AS chain
+SET s.tail_pos = row.last_pos, s.tail_key = row.last_key
+WITH row, chain
+UNWIND range(0, size(chain) - 2) AS i
+MATCH (a:Message {key: chain[i], tenant_id: row.tenant_id})
+MATCH (b:Message {key: chain[i + 1], tenant_id: row.tenant_id})
+MERGE (a)-[:NEXT]->(b)
+"""
+)
+"""NEXT after an upsert: appended at the session's tail when the batch only extends it.
+
+The fast path, the usual one: every message of the batch comes after the session's tail
+and none replaced an earlier copy of its id (`s.relink`, set by `_MESSAGES`). Then the old
+tail links to the batch's first message, and the batch's messages (``row.keys``, in log
+order) to one another: a few index lookups, whatever the session's length. Any other
+batch (out of order, redelivered, a session made before sessions had a tail) takes
+:data:`_RELINK`, which leaves the tail set, so the fast path then skips that session.
+A new session's tail is ``''``, before every position; an erase resets it to that."""
+# Concurrent batches of one session (Neo4j; FalkorDB runs one query at a time) must not
+# each relink from a view lacking the other's messages: both statements SET a property of
+# every Session they touch first, which write-locks it until commit (Neo4j locks on any
+# SET, even to the same value), rows sorted by session to keep lock order. The tail is
+# read under that lock.
+
+UPSERT = _MESSAGES + _MENTIONS + _REPLIES + _NEXT
 
 DELETE_UPTO = (
     """
 UNWIND $erased AS row
 MATCH (s:Session {key: row.session_key, tenant_id: row.tenant_id})
-SET s.session_id = row.session_id
+SET s.session_id = row.session_id, s.tail_pos = '', s.tail_key = ''
 WITH row, s
 MATCH (s)<-[:IN_SESSION]-(m:Message {tenant_id: row.tenant_id})
 WHERE m.pos <= row.pos
@@ -198,9 +243,15 @@ WITH mentioned
 UNWIND mentioned AS e
 """
     + _GC_ENTITIES
-    + _NEXT
+    + """
+UNWIND $sessions AS row
+MATCH (s:Session {key: row.session_key, tenant_id: row.tenant_id})
+WITH row, s
+"""
+    + _RELINK
 )
-"""Erased messages, then the entities only they mentioned (an erase leaves no names behind)."""
+"""Erased messages, then the entities only they mentioned (an erase leaves no names behind),
+then NEXT over what is left; a session left empty keeps the tail ``''``."""
 
 WRITE_TOMBSTONES = """
 UNWIND $erased AS row
@@ -329,7 +380,19 @@ def upsert(messages: Sequence[Record]) -> Statement:
         for name in row["entities"]
     ]
     replies = [r for r in rows if r["parent_key"] is not None]
-    sessions = [_session_row(s) for s in sorted({r.session for r in latest.values()})]
+    chains: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:  # log order within each session
+        chains.setdefault(row["session_key"], []).append(row)
+    sessions = [
+        {
+            **_session_row((chain[0]["tenant_id"], chain[0]["session_id"])),
+            "keys": [r["key"] for r in chain],
+            "first_pos": chain[0]["pos"],
+            "last_pos": chain[-1]["pos"],
+            "last_key": chain[-1]["key"],
+        }
+        for chain in chains.values()
+    ]
     return Statement(
         UPSERT,
         {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import AsyncIterator
+from itertools import pairwise
 
 import pytest
 from hypothesis import given
@@ -67,6 +68,25 @@ class CypherGraphChecks:
             ("s2", "m1", "m0"),
             ("s2", "m2", "m1"),
         ]
+
+    @EXAMPLES
+    @given(sizes=st.lists(st.integers(1, 4), min_size=1, max_size=8))
+    async def test_next_follows_appends_redeliveries_and_an_id_moved_later(
+        self, store: CypherGraphStore, sizes: list[int]
+    ) -> None:
+        records = conversation("t1", "s1", 10)
+        await store.reset()
+        cut = 0
+        for size in sizes:  # in log order, as a worker reads: the tail-append path
+            await store.apply(records[cut : cut + size])
+            cut += size
+        await store.apply(records[cut:])
+        await store.apply(records[2:5])  # redelivered after a crash
+        # The same id again later in the log (a non-conforming writer): it moves to the end.
+        await store.apply([message("t1", "s1", "m3", "again", 20)])
+        await store.apply([message("t1", "s1", "m21", "after", 21)])
+        order = ["m0", "m1", "m2", "m4", "m5", "m6", "m7", "m8", "m9", "m3", "m21"]
+        assert await edges(store, "NEXT") == sorted(("s1", a, b) for a, b in pairwise(order))
 
     async def test_a_reply_before_its_parent_is_linked_when_the_parent_arrives(
         self, store: CypherGraphStore

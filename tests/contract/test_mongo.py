@@ -5,14 +5,21 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterator
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from projectors.position import Position
-from projectors.stores.mongo import MongoProjectionStore, escape, session_key, unescape
+from projectors.stores.mongo import (
+    Entry,
+    MongoProjectionStore,
+    escape,
+    session_key,
+    time_text,
+    unescape,
+)
 from schemas.digest import content_hash
 from stack.settings import Settings
 from tests.contract.base import ProjectionStoreContract, emptied
@@ -117,6 +124,33 @@ class TestMongoProjectionStore(ProjectionStoreContract):
         await store._delete_upto({("t1", "s1"): Position(1_050, 0)})
         assert set((await store.digest("t1"))[("t1", "s1")]) == {"m80"}
 
+    async def test_entries_written_as_sub_documents_still_read_and_erase(
+        self, store: MongoProjectionStore
+    ) -> None:
+        """Documents from before entries were one string: verify and erase still work."""
+        records = conversation("t1", "s1", 3)
+        await store.apply(records)
+        doc = await store._sessions.find_one({"_id": session_key("t1", "s1")})
+        assert doc is not None
+        legacy = {
+            escape(r.message.message.id): {
+                "pos": r.position.key,
+                "h": r.content_hash,
+                "at": time_text(r.message.message.created_at),
+                "role": r.message.message.role,
+                "name": r.message.message.name,
+            }
+            for r in records
+        }
+        await store._sessions.replace_one({"_id": doc["_id"]}, {**doc, "messages": legacy})
+        expected = {r.message.message.id: r.content_hash for r in records}
+        assert await store.digest("t1") == {("t1", "s1"): expected}
+        await store.apply([erase("t1", "s1", 0)])
+        assert set((await store.digest("t1"))[("t1", "s1")]) == {"m1", "m2"}
+        summary = await store.session("t1", "s1")
+        assert summary is not None
+        assert summary.participants == {"assistant:Bob", "user:Alice"}
+
     async def test_count_sums_every_tenant(self, store: MongoProjectionStore) -> None:
         await store.apply(conversation("ta", "s1", 3) + conversation("tb", "s1", 2))
         await store.apply(conversation("ta", "s2", 4))
@@ -135,3 +169,17 @@ def test_escaping_is_reversible_and_leaves_no_path_characters(text: str) -> None
 @given(st.text(), st.text(), st.text(), st.text())
 def test_session_keys_are_distinct_for_distinct_sessions(a: str, b: str, c: str, d: str) -> None:
     assert (session_key(a, b) == session_key(c, d)) == ((a, b) == (c, d))
+
+
+@given(
+    st.integers(0, 2**48),
+    st.integers(0, 2**32),
+    st.binary(min_size=32, max_size=32),
+    st.datetimes(timezones=st.just(UTC)),
+    st.text(),
+)
+def test_an_entry_reads_back_as_written(
+    ms: int, seq: int, digest: bytes, at: datetime, who: str
+) -> None:
+    entry = Entry(Position(ms, seq), digest.hex(), at, who)
+    assert Entry.parse(entry.text()) == entry

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from projectors.enrichment.embedder import MODEL_NAME, Embedder
+from projectors.enrichment.embedder import MODEL_NAME, PASS_TOKENS, Embedder
 
 
 @pytest.fixture(scope="module")
@@ -64,6 +64,21 @@ def test_order_and_batching_do_not_change_results(embedder: Embedder) -> None:
     for a, b in zip(embedder.embed(texts), small.embed(texts), strict=True):
         assert _dot(a, b) > 0.99999
     small.close()
+
+
+def test_mixed_lengths_come_back_in_order_within_pass_bounds(embedder: Embedder) -> None:
+    long = " ".join(f"word{i}" for i in range(400))  # past the 256-piece window
+    texts = [("short " * (i % 9)).strip() or "hi" for i in range(90)] + [long, long + " x"]
+    texts.reverse()
+    passes = embedder._passes(texts)
+    assert sorted(i for p in passes for i in p) == list(range(len(texts)))
+    lengths = [min(n, 256) for n in embedder.count_tokens(texts, special_tokens=True)]
+    for p in passes:
+        assert len(p) <= embedder.batch_size
+        assert len(p) == 1 or len(p) * max(lengths[i] for i in p) <= PASS_TOKENS
+    together = embedder.embed(texts)
+    for i in (0, 1, 2, 50, len(texts) - 1):
+        assert _dot(together[i], embedder.embed([texts[i]])[0]) > 0.99999
 
 
 async def test_embed_async_equals_embed(embedder: Embedder) -> None:
