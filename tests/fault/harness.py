@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import os
 import random
 import signal
@@ -12,6 +11,7 @@ import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -175,10 +175,19 @@ async def bounded(what: str, seconds: float, workers: Workers) -> AsyncIterator[
 
 
 def _task_stacks() -> str:
-    out = io.StringIO()
+    """Each task's chain of awaits, outermost first, down to the one it waits on."""
+    out = []
     for task in asyncio.all_tasks():
-        task.print_stack(limit=15, file=out)
-    return out.getvalue()
+        out.append(f"{task.get_name()}:")
+        awaited: Any = task.get_coro()
+        while awaited is not None:
+            frame = getattr(awaited, "cr_frame", None) or getattr(awaited, "gi_frame", None)
+            if frame is not None:
+                code = frame.f_code
+                out.append(f"  {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+            awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
+        out.append("")
+    return "\n".join(out)
 
 
 async def reset_everything(settings: Settings) -> None:
