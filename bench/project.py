@@ -67,7 +67,7 @@ from projectors.records import (
 )
 from projectors.runtime import Worker
 from schemas.constants import ENTRY_FIELD, enriched_key, group_name, log_key
-from schemas.events import Message
+from schemas.events import Message, MessageAppended
 from stack.embedded import control
 from stack.projections import build_store, reads_enriched
 from stack.settings import Settings
@@ -279,9 +279,13 @@ async def embedding_stage(
 
 
 async def latency(settings: Settings, embedder: Embedder, rate: float, seconds: float) -> Any:
-    """Append at ``rate``/s for ``seconds`` with every projector running; p50/p99 per tier."""
-    from rehydrator.verify import enriched_digest
+    """Append at ``rate``/s for ``seconds`` with every projector running; p50/p99 per tier.
 
+    Stores are polled through their port (``digest`` of the tenant); the enricher's output,
+    its stream, is read onward from where the last poll stopped. (Re-reading the whole
+    stream, vectors included, every 10 ms took enough of this process's CPU to slow the
+    worker it measures.)
+    """
     tenant = "latency"
     stores = {name: build_store(settings, name) for name in STORES}
     for store in stores.values():
@@ -313,19 +317,29 @@ async def latency(settings: Settings, embedder: Embedder, rate: float, seconds: 
 
     done = asyncio.Event()
 
+    after = dict.fromkeys(range(settings.runtime.partitions), "-")
+
+    async def enriched_ids() -> list[str]:
+        ids = []
+        for n, start in after.items():
+            entries = cast(StreamEntries, await client.xrange(enriched_key(n), min=start))
+            for entry_id, fields in entries:
+                after[n] = "(" + entry_id.decode()
+                event = record_from_enriched(n, fields).event
+                if isinstance(event, MessageAppended) and event.tenant_id == tenant:
+                    ids.append(event.message.id)
+        return ids
+
     async def poll(name: str) -> None:
         # Ends on a flag, not on cancel: a client can swallow a cancellation mid-request.
         while not done.is_set():
             if name == "enricher":
-                digest = await enriched_digest(
-                    client, settings.runtime.partitions, tenant_id=tenant
-                )
+                ids = await enriched_ids()
             else:
-                digest = await stores[name].digest(tenant)
+                ids = [i for held in (await stores[name].digest(tenant)).values() for i in held]
             now = time.perf_counter()
-            for ids in digest.values():
-                for ident in ids:
-                    seen[name].setdefault(ident, now)
+            for ident in ids:
+                seen[name].setdefault(ident, now)
             await asyncio.sleep(0.01)
 
     async with worker.app:
