@@ -143,6 +143,8 @@ async def mongo(settings: Settings, batches: Batches) -> float:
                     key, {"tenant_id": m.tenant_id, "session_id": m.session_id}
                 )
                 fields[f"messages.{escape(m.id)}"] = entry.text()
+            for key, fields in updates.items():  # the aggregates once per session touched
+                known = seen[key]
                 fields |= {
                     "participants": sorted(known["participants"]),
                     "first_at": known["first_at"],
