@@ -14,18 +14,20 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import history
 import redis.asyncio as aioredis
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TimeElapsedColumn
 
 from producer import Producer
 from producer.importer import read_history
+from projectors.enrichment.embedder import Embedder
 from projectors.lag import group_states
 from schemas.events import Message
 from stack import worker_pool
@@ -36,14 +38,16 @@ from stack.settings import Settings
 err = Console(stderr=True)
 
 
-async def load(settings: Settings, path: Path, tenant: str) -> int:
-    """Append every message of ``path`` under ``tenant`` (idempotent: ids come from the file)."""
-    records = read_history(path, tenant, settings.producer.limits)
-    messages = [r for r in records if isinstance(r, Message)]
+async def append(settings: Settings, messages: Sequence[Message]) -> None:
+    """Append through the producer (idempotent: a rerun on the same stack appends nothing)."""
     async with Producer.from_url(settings.require_redis(), settings.producer) as producer:
         for start in range(0, len(messages), 500):
             await producer.append_many(messages[start : start + 500])
-    return len(messages)
+
+
+def read_messages(path: Path, tenant: str) -> list[Message]:
+    """The messages of a history file, under ``tenant``."""
+    return [r for r in read_history(path, tenant) if isinstance(r, Message)]
 
 
 async def caught_up(settings: Settings, timeout_s: float) -> None:
@@ -71,15 +75,9 @@ async def caught_up(settings: Settings, timeout_s: float) -> None:
 
 
 @asynccontextmanager
-async def projected(
-    path: Path, tenant: str, *, home: Path | None, timeout_s: float
-) -> AsyncIterator[tuple[Settings, int]]:
-    """Settings of a stack holding ``path`` projected, and its message count.
-
-    With ``home`` None, a new stack in a temporary AMEM_HOME, removed afterwards; else the
-    stack of ``home``, left running. Projector workers are stopped once caught up, so that
-    what is measured next runs alone (reads see the same data either way).
-    """
+async def stack(home: Path | None) -> AsyncIterator[Settings]:
+    """Settings of a new embedded stack in a temporary AMEM_HOME, removed afterwards; or,
+    with ``home``, of the stack there, left running."""
     temporary = home is None
     where = Path(tempfile.mkdtemp(prefix="amem-bench-", dir="/var/tmp")) if home is None else home
     env = {**os.environ, "AMEM_HOME": str(where)}
@@ -87,19 +85,47 @@ async def projected(
     if temporary:
         control.up(settings)
         settings = Settings.from_env(env)
-    started_workers = not worker_pool.running(settings)
     try:
-        messages = await load(settings, path, tenant)
-        worker_pool.start(settings, None, 1)
-        await caught_up(settings, timeout_s)
-        if started_workers:
-            worker_pool.stop(settings)
-        yield settings, messages
+        yield settings
     finally:
         if temporary:
             worker_pool.stop(settings)
             control.down(settings)
             shutil.rmtree(where, ignore_errors=True)
+
+
+async def project(
+    settings: Settings,
+    messages: Sequence[Message],
+    timeout_s: float,
+    *,
+    embedder: Embedder | None = None,
+) -> None:
+    """Append ``messages`` and run a projector worker until every projection has the log.
+
+    With ``embedder``, the enriched stream is written by :func:`history.enrich` first (each
+    distinct text embedded once) instead of by the worker's enricher. A worker this starts is
+    stopped once caught up, so that what is measured next runs alone.
+    """
+    await append(settings, messages)
+    if embedder is not None:
+        await history.enrich(settings, embedder)
+    started_workers = not worker_pool.running(settings)
+    worker_pool.start(settings, None, 1)
+    await caught_up(settings, timeout_s)
+    if started_workers:
+        worker_pool.stop(settings)
+
+
+@asynccontextmanager
+async def projected(
+    path: Path, tenant: str, *, home: Path | None, timeout_s: float
+) -> AsyncIterator[tuple[Settings, int]]:
+    """Settings of a stack holding ``path`` projected, and its message count."""
+    async with stack(home) as settings:
+        messages = read_messages(path, tenant)
+        await project(settings, messages, timeout_s)
+        yield settings, len(messages)
 
 
 DEFAULT_FILE = Path("../shared/data/locomo-dev.json")

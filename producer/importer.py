@@ -27,7 +27,7 @@ from schemas.validation import validate_message
 _UNSAFE_ID_CHARS = re.compile(r"[^A-Za-z0-9._:@/-]+")
 _LOCOMO_SESSION = re.compile(r"session_(\d+)")
 _LOCOMO_DATE_FORMATS = ("%I:%M %p on %d %B, %Y", "%I:%M %p on %d %b, %Y")
-_CHAT_FIELDS = {"id", "role", "content", "session_id", "parent_id", "agent_id", "name"}
+_CHAT_FIELDS = {"id", "role", "content", "session_id", "parent_id", "agent_id", "name", "user_id"}
 _TIME_FIELDS = ("created_at", "timestamp")
 
 
@@ -119,9 +119,12 @@ def _json_document(
             yield from _locomo_sample(item, source, tenant_id)
         elif isinstance(item, dict) and isinstance(item.get("messages"), list):
             session = item.get("session_id", default_session)
+            shared = {"session_id": session}
+            if "user_id" in item:
+                shared["user_id"] = item["user_id"]
             for n, message in enumerate(item["messages"]):
                 if isinstance(message, dict):
-                    message = {"session_id": session, **message}
+                    message = {**shared, **message}
                 where = f"{source}.messages[{n}]"
                 yield where, _chat_record(message, tenant_id, default_session, ordinals)
         else:
@@ -157,6 +160,7 @@ def _chat_record(
         parent_id=raw.get("parent_id"),
         agent_id=raw.get("agent_id"),
         name=raw.get("name"),
+        user_id=raw.get("user_id"),
         created_at=created,
         metadata=metadata,
     )
@@ -192,7 +196,8 @@ def _timestamp(raw: dict[str, Any]) -> datetime:
 
 
 def _locomo_sample(item: dict[str, Any], source: str, tenant_id: str) -> Iterator[_Parsed]:
-    """One LoCoMo conversation = one session; turns keep their ``dia_id`` as message id."""
+    """One LoCoMo conversation = one session, of a user of the same id (the conversation is
+    the memory of that pair of speakers); turns keep their ``dia_id`` as message id."""
     conversation = item["conversation"]
     session_id = str(item["sample_id"])
     roles = {conversation.get("speaker_a"): "user", conversation.get("speaker_b"): "assistant"}
@@ -219,6 +224,7 @@ def _locomo_sample(item: dict[str, Any], source: str, tenant_id: str) -> Iterato
                     role=roles.get(turn.get("speaker"), "user"),
                     content=turn["text"],
                     name=turn.get("speaker"),
+                    user_id=session_id,
                     # Turns carry no time of their own: one second apart keeps them ordered.
                     created_at=started + timedelta(seconds=n),
                     metadata={"session": number, "session_date": date_text, **extra},

@@ -8,10 +8,13 @@ each kind of store. Adapters live in ``projectors/stores/<store>.py``, named ``<
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import ClassVar
+
+import numpy as np
+import numpy.typing as npt
 
 from projectors.position import Position
 from projectors.records import Digest, Record, SessionKey, latest_erasures, split
@@ -105,6 +108,11 @@ class TombstoneProjection(Projection):
         """Delete each session's data at or before its position."""
 
 
+def participant(role: str, name: str | None) -> str:
+    """How a :class:`SessionSummary` names who spoke: ``role`` or ``role:name``."""
+    return role if name is None else f"{role}:{name}"
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionSummary:
     tenant_id: str
@@ -125,11 +133,44 @@ class ProjectionStore(Projection):
         """The session's summary, or None when the store holds nothing of it."""
 
 
+MessageKey = tuple[str, str]
+"""``(session_id, message_id)``: a message within its tenant."""
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Scope:
+    """Which of a tenant's messages a read covers.
+
+    ``session_id``: that session's messages; ``user_id``: that user's messages in any
+    session; both: the union (a session resumed with everything its user said before);
+    neither: the whole tenant. Adapters put this filter, and the tenant's, inside the
+    store query itself.
+    """
+
+    session_id: str | None = None
+    user_id: str | None = None
+
+    def holds(self, session_id: str, user_id: str | None) -> bool:
+        """Whether a message of ``session_id`` about ``user_id`` is in the scope."""
+        if self.session_id is None and self.user_id is None:
+            return True
+        return session_id == self.session_id or (
+            self.user_id is not None and user_id == self.user_id
+        )
+
+
+WHOLE_TENANT = Scope()
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Hit:
     session_id: str
     message_id: str
     score: float
+
+    @property
+    def key(self) -> MessageKey:
+        return (self.session_id, self.message_id)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -145,39 +186,85 @@ class StoredMessage:
 class Turn:
     """Where a message sits in its session, without its text."""
 
+    session_id: str
     message_id: str
     role: str
     name: str | None
     position: Position
+    created_at: datetime
+
+    @property
+    def key(self) -> MessageKey:
+        return (self.session_id, self.message_id)
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class IndexedTurn:
+    """A stored message with its words as the history store's full text sees them
+    (term → count in the message)."""
+
+    stored: StoredMessage
+    terms: Mapping[str, int]
+
+    @property
+    def turn(self) -> Turn:
+        m = self.stored.message
+        return Turn(
+            session_id=m.session_id,
+            message_id=m.id,
+            role=m.role,
+            name=m.name,
+            position=self.stored.position,
+            created_at=m.created_at,
+        )
 
 
 class HistoryStore(Projection):
-    """Port: a session's messages themselves, in log order, and searched by their words."""
+    """Port: the messages themselves, in log order, and searched by their words."""
+
+    bm25_k1: ClassVar[float] = 1.2
+    bm25_b: ClassVar[float] = 0.75
+    """Okapi BM25's parameters of :meth:`lexical` (what an in-memory copy must use too)."""
 
     @abstractmethod
     async def recent(self, tenant_id: str, session_id: str, *, limit: int) -> list[StoredMessage]:
         """The session's last ``limit`` messages, in log order."""
 
     @abstractmethod
-    async def messages(
-        self, tenant_id: str, session_id: str, message_ids: Sequence[str]
-    ) -> list[StoredMessage]:
-        """The given messages the store holds, in log order (unknown ids are left out)."""
+    async def messages(self, tenant_id: str, keys: Sequence[MessageKey]) -> list[StoredMessage]:
+        """The given messages the store holds, in log order, then by session (unknown keys
+        are left out)."""
 
     @abstractmethod
-    async def outline(self, tenant_id: str, session_id: str, *, limit: int) -> list[Turn]:
-        """The session's last ``limit`` turns, in log order."""
+    async def around(
+        self, tenant_id: str, keys: Sequence[MessageKey], *, radius: int
+    ) -> dict[MessageKey, list[Turn]]:
+        """Each given turn's window: up to ``radius`` turns of its session before it, the
+        turn, up to ``radius`` after it, in log order (unknown keys are left out)."""
 
     @abstractmethod
-    async def lexical(
-        self, tenant_id: str, session_id: str, query: str, *, limit: int
-    ) -> list[Hit]:
-        """Best first by Okapi BM25 of the query's words within the session, over each
-        message's speaker, text and image caption."""
+    async def lexical(self, tenant_id: str, query: str, *, limit: int, scope: Scope) -> list[Hit]:
+        """Best first by Okapi BM25 of the query's words over each message's speaker, text
+        and image caption; term statistics are the scope's."""
+
+    @abstractmethod
+    async def analyse(self, query: str) -> list[str]:
+        """The query's distinct terms, as :meth:`scan` gives a message's."""
+
+    @abstractmethod
+    async def scan(
+        self, tenant_id: str, *, scope: Scope, after: Position | None = None
+    ) -> list[IndexedTurn]:
+        """Every turn of the scope (past ``after`` only, when given), in no set order: what
+        an in-memory index of the scope is built from."""
+
+    @abstractmethod
+    async def erased_since(self, tenant_id: str, after: Position | None) -> dict[str, Position]:
+        """Session → erase position, for the tenant's erases past ``after`` the store applied."""
 
 
 class VectorStore(Projection):
-    """Port: nearest messages by embedding, the tenant filter inside the store query."""
+    """Port: nearest messages by embedding, the tenant and scope filter inside the store query."""
 
     needs_enrichment = True
 
@@ -188,21 +275,48 @@ class VectorStore(Projection):
         vector: Sequence[float],
         *,
         limit: int = 10,
-        session_id: str | None = None,
+        scope: Scope = WHOLE_TENANT,
     ) -> list[Hit]:
         """Best first; score is cosine similarity."""
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class StoredVectors:
+    """Vectors of a scope: row ``i`` of ``vectors`` is message ``keys[i]`` at ``positions[i]``."""
+
+    keys: list[MessageKey]
+    positions: list[Position]
+    vectors: npt.NDArray[np.float32]
+    """Unit rows (cosine = dot product)."""
+
+
+class VectorSource(ABC):
+    """Port: a vector store's rows in bulk, for an in-memory copy of a scope's vectors."""
+
+    store: ClassVar[str]
+
+    @abstractmethod
+    async def vectors(
+        self, tenant_id: str, *, scope: Scope, after: Position | None = None
+    ) -> StoredVectors:
+        """Every vector of the scope (past ``after`` only, when given)."""
+
+    @abstractmethod
+    async def erased_since(self, tenant_id: str, after: Position | None) -> dict[str, Position]:
+        """Session → erase position, for the tenant's erases past ``after`` the store applied."""
+
+
 class GraphStore(Projection):
-    """Port: the message and entity graph of a session."""
+    """Port: the message and entity graph of a tenant's sessions."""
 
     needs_enrichment = True
 
     @abstractmethod
     async def neighbours(
-        self, tenant_id: str, session_id: str, message_ids: Sequence[str]
+        self, tenant_id: str, seeds: Sequence[MessageKey], *, scope: Scope
     ) -> list[Hit]:
-        """Messages next to, replying to or replied by, or sharing an entity with the given ones.
+        """Messages of the scope next to, replying to or replied by, or sharing an entity
+        with the given ones.
 
         The given messages are not in the result; score counts the paths that lead to a hit.
         """

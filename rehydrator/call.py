@@ -7,7 +7,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
-from projectors.store import Hit, StoredMessage
+from projectors.store import Hit, MessageKey, StoredMessage
 from rehydrator.context import TierReport
 from rehydrator.deadlines import within
 
@@ -62,17 +62,18 @@ class Call:
 class Pool:
     """Candidate messages: texts known so far and where each was found."""
 
-    stored: dict[str, StoredMessage] = field(default_factory=dict)
-    found_by: dict[str, dict[str, float]] = field(default_factory=dict)
+    stored: dict[MessageKey, StoredMessage] = field(default_factory=dict)
+    found_by: dict[MessageKey, dict[str, float]] = field(default_factory=dict)
 
     def add(self, messages: Iterable[StoredMessage], tier: str) -> None:
         for m in messages:
-            self.stored.setdefault(m.message.id, m)
-            self.found_by.setdefault(m.message.id, {})[tier] = 1.0
+            key = (m.message.session_id, m.message.id)
+            self.stored.setdefault(key, m)
+            self.found_by.setdefault(key, {})[tier] = 1.0
 
     def note(self, hits: Iterable[Hit], tier: str) -> None:
         for h in hits:
-            self.found_by.setdefault(h.message_id, {})[tier] = h.score
+            self.found_by.setdefault(h.key, {})[tier] = h.score
 
 
 def merged(reports: list[TierReport]) -> TierReport:

@@ -45,6 +45,7 @@ def message_json(m: Message) -> dict[str, Any]:
         "name": m.name,
         "parent_id": m.parent_id,
         "agent_id": m.agent_id,
+        "user_id": m.user_id,
         "created_at": m.created_at.isoformat(),
         "metadata": dict(m.metadata),
     }
@@ -52,6 +53,8 @@ def message_json(m: Message) -> dict[str, Any]:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Item:
+    """One packed turn: the message, its place in its session, and who found it."""
+
     message: Message
     position: Position
     text: str
@@ -63,8 +66,14 @@ class Item:
     found_by: Mapping[str, float]
     """Tier → that tier's own score for this message."""
 
+    @property
+    def key(self) -> tuple[str, str]:
+        """``(session_id, message_id)``."""
+        return (self.message.session_id, self.message.id)
+
     def as_json(self) -> dict[str, Any]:
         return {
+            "session_id": self.message.session_id,
             **message_json(self.message),
             "position": str(self.position),
             "tokens": self.tokens,
@@ -78,7 +87,8 @@ class TierReport:
     """How one tier's read went."""
 
     tier: str
-    """``recent``, ``dense``, ``lexical``, ``graph``, ``session`` or ``log``."""
+    """``log``, ``recent``, ``session``, ``memory``, ``embedding``, ``dense``, ``lexical``,
+    ``window``, ``graph`` or ``messages``."""
     store: str | None
     """The store that answered (for hedged tiers, the first good one)."""
     status: TierStatus
@@ -100,14 +110,20 @@ class TierReport:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Context:
+    """A rehydrated context: the packed turns, the header, and how every tier answered."""
+
     tenant_id: str
     session_id: str
+    scope: Literal["session", "user"]
+    user_id: str | None
+    """The user whose sessions a ``user`` scope reached (None in a session scope)."""
     query: str | None
     query_source: QuerySource
     budget_tokens: int
     tokens: int
     """Tokens used: the items' plus the session header's."""
     items: tuple[Item, ...]
+    """Log order; in a user scope, sessions by time (their earliest item), each in log order."""
     header: str | None
     """One line about the session (participants, span, size) from the session document."""
     tiers: tuple[TierReport, ...]
@@ -148,6 +164,8 @@ class Context:
         return {
             "tenant_id": self.tenant_id,
             "session_id": self.session_id,
+            "scope": self.scope,
+            "user_id": self.user_id,
             "query": self.query,
             "query_source": self.query_source,
             "budget_tokens": self.budget_tokens,

@@ -12,3 +12,7 @@ class RehydratorError(AmemError):
 class HistoryUnavailableError(RehydratorError):
     """Neither the history store nor the log answered: the session's messages are unknown,
     which is not the same as a session without messages."""
+
+
+class MissingUserError(RehydratorError, ValueError):
+    """A user scope was asked without a user, and the session's turns name none."""

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from projectors.store import Turn
+from projectors.store import MessageKey, Turn
 
 Scores = npt.NDArray[np.float64]
 
@@ -50,15 +50,6 @@ def _z(values: Scores) -> Scores:
     return normal
 
 
-def _window_max(values: Scores, radius: int) -> Scores:
-    best = np.full_like(values, -np.inf)
-    for d in range(1, min(radius, len(values) - 1) + 1):
-        best[d:] = np.maximum(best[d:], values[:-d])
-        best[:-d] = np.maximum(best[:-d], values[d:])
-    best[np.isinf(best)] = 0.0
-    return best
-
-
 def named_speaker(query: str, names: Sequence[str]) -> str | None:
     """The one speaker name the query mentions as a word (None: none, or several)."""
     mentioned = {
@@ -68,35 +59,51 @@ def named_speaker(query: str, names: Sequence[str]) -> str | None:
 
 
 def fuse(
-    turns: Sequence[Turn],
-    dense: Mapping[str, float],
-    lexical: Mapping[str, float],
+    windows: Mapping[MessageKey, Sequence[Turn]],
+    dense: Mapping[MessageKey, float],
+    lexical: Mapping[MessageKey, float],
     query: str,
     weights: FusionWeights = FusionWeights(),
-) -> dict[str, float]:
-    """Message id → score for every turn of ``turns`` (log order), highest = most relevant.
+) -> dict[MessageKey, float]:
+    """Key → score for every turn of ``windows`` (each hit's window of neighbours in log
+    order), highest = most relevant.
 
     A turn the dense channel did not return scores as its lowest returned score (it ranked
     below all of them); one the full text did not match scores 0, as in BM25. With one
     channel missing (a degraded tier), the other ranks alone.
     """
+    turns = {t.key: t for window in windows.values() for t in window}
     if not turns:
         return {}
-    ids = [t.message_id for t in turns]
+    keys = list(turns)
     channels: list[tuple[float, Scores]] = []
     if dense:
         floor = min(dense.values())
-        channels.append((weights.dense, np.array([dense.get(i, floor) for i in ids])))
+        channels.append((weights.dense, np.array([dense.get(k, floor) for k in keys])))
     if lexical:
-        channels.append((1 - weights.dense, np.array([lexical.get(i, 0.0) for i in ids])))
+        channels.append((1 - weights.dense, np.array([lexical.get(k, 0.0) for k in keys])))
     if not channels:
-        return dict.fromkeys(ids, 0.0)
+        return dict.fromkeys(keys, 0.0)
     total = sum(share for share, _ in channels)
-    fused = sum((share / total) * _z(values) for share, values in channels)
-    assert isinstance(fused, np.ndarray)
-    scores = fused + weights.window * _window_max(fused, weights.radius)
-    names = sorted({t.name for t in turns if t.name})
+    mixed = sum((share / total) * _z(values) for share, values in channels)
+    assert isinstance(mixed, np.ndarray)
+    fused = dict(zip(keys, mixed.tolist(), strict=True))
+    floor_fused = float(mixed.min())
+    best: dict[MessageKey, float] = {}
+    for window in windows.values():
+        for i, turn in enumerate(window):
+            near = [
+                fused[other.key]
+                for j, other in enumerate(window)
+                if j != i and abs(j - i) <= weights.radius
+            ]
+            if near:
+                best[turn.key] = max(best.get(turn.key, floor_fused), *near)
+    names = sorted({t.name for t in turns.values() if t.name})
     speaker = named_speaker(query, names)
-    if speaker is not None:
-        scores = scores + weights.speaker * np.array([t.name == speaker for t in turns])
-    return dict(zip(ids, scores.tolist(), strict=True))
+    return {
+        k: fused[k]
+        + weights.window * best.get(k, 0.0)
+        + (weights.speaker if speaker is not None and turns[k].name == speaker else 0.0)
+        for k in keys
+    }

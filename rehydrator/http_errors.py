@@ -20,7 +20,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from producer.errors import DurabilityError, LogUnavailableError
-from rehydrator.errors import HistoryUnavailableError
+from rehydrator.errors import HistoryUnavailableError, MissingUserError
 from schemas.errors import AmemError, ValidationError
 
 MAX_REASON_CHARS = 400
@@ -174,6 +174,7 @@ def install(app: FastAPI, *, max_body_bytes: int) -> None:
     app.add_exception_handler(LogUnavailableError, _unavailable)
     app.add_exception_handler(DurabilityError, _unavailable)
     app.add_exception_handler(HistoryUnavailableError, _unavailable)
+    app.add_exception_handler(MissingUserError, _invalid)
     app.add_exception_handler(AmemError, _amem_error)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     app.add_middleware(CatchAll)

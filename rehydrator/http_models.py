@@ -86,6 +86,11 @@ class MessageIn(_Strict):
     )
     parent_id: Id | None = Field(default=None, description="The message this one replies to.")
     agent_id: Id | None = None
+    user_id: Id | None = Field(
+        default=None,
+        description="The person the memory is about: a rehydrate with scope user reaches"
+        " every session of this user in the tenant.",
+    )
     created_at: Timestamp | None = Field(
         default=None, description="RFC 3339 with a timezone. Default: when the server took it."
     )
@@ -131,6 +136,16 @@ class RehydrateIn(_Strict):
         description="The session's last turns, always included. Default:"
         " AMEM_REHYDRATE_RECENT_TURNS.",
     )
+    scope: Literal["session", "user"] = Field(
+        default="session",
+        description="session: this session's turns; user: also every turn of the same user"
+        " in the tenant, all sessions, in one budget.",
+    )
+    user_id: Id | None = Field(
+        default=None,
+        description="Whose sessions a user scope reaches. Default: the user the session's"
+        " latest turns name (a new, empty session must give it).",
+    )
 
 
 class _MessageFields(BaseModel):
@@ -142,11 +157,13 @@ class _MessageFields(BaseModel):
     name: str | None
     parent_id: str | None
     agent_id: str | None
+    user_id: str | None
     created_at: AwareDatetime
     metadata: dict[str, JsonValue]
 
 
 class ItemOut(_MessageFields):
+    session_id: str = Field(description="The session the turn is in (a user scope spans many).")
     position: str
     tokens: int
     score: float
@@ -173,12 +190,16 @@ class ContextOut(BaseModel):
 
     tenant_id: str
     session_id: str
+    scope: Literal["session", "user"]
+    user_id: str | None = Field(description="Whose sessions a user scope reached.")
     query: str | None
     query_source: Literal["given", "latest user turn", "none"]
     budget_tokens: int
     tokens: int
     header: str | None
-    items: list[ItemOut] = Field(description="Log order.")
+    items: list[ItemOut] = Field(
+        description="Log order; in a user scope, sessions by time, each in log order."
+    )
     tiers: list[TierOut]
     degraded: list[str] = Field(description="Tiers that failed or missed the deadline.")
     watermarks: dict[str, str | None] = Field(

@@ -112,6 +112,7 @@ def _message(tenant_id: str, session_id: str, m: MessageIn) -> Message:
         name=m.name,
         parent_id=m.parent_id,
         agent_id=m.agent_id,
+        user_id=m.user_id,
         metadata=m.metadata,
         **optional,
     )
@@ -236,6 +237,8 @@ async def rehydrate(
         session_id,
         asked.query,
         asked.budget_tokens,
+        scope=asked.scope,
+        user_id=asked.user_id,
         deadline_ms=asked.deadline_ms,
         recent_turns=asked.recent_turns,
     )

@@ -6,14 +6,16 @@ comes from the consumer group, so it is exact for every store, with or without a
 table. For projectors of the enriched stream it is mapped back to the log position of the
 enriched entry there.
 
-Read-your-writes: a session's messages past the history store's watermark are read from
-the log itself, so an append acknowledged before ``rehydrate`` is in the context even when
-every projector is stopped.
+Read-your-writes: a scope's messages past the history store's watermark are read from the
+log itself, so an append acknowledged before ``rehydrate`` is in the context even when
+every projector is stopped. A session scope reads its session's partition; a user scope
+reads every partition (its sessions may be in any), the first page of each in one round
+trip.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
@@ -21,7 +23,7 @@ import redis.asyncio as aioredis
 
 from projectors.position import Position
 from projectors.records import SOURCE_FIELD, record_from_log
-from projectors.store import StoredMessage
+from projectors.store import Scope, StoredMessage
 from schemas.constants import ENTRY_FIELD, enriched_key, group_name, log_key
 from schemas.errors import AmemError
 from schemas.events import MessageAppended, SessionErased
@@ -41,23 +43,37 @@ async def _page(redis: aioredis.Redis, key: str, start: str, end: str, *, revers
 
 
 @dataclass(slots=True)
-class SessionLog:
-    """A session's entries found by one scan of its partition."""
+class ScopeLog:
+    """A scope's entries found by one scan of its partitions."""
 
     messages: list[StoredMessage] = field(default_factory=list)
-    """Log order."""
-    erased_at: Position | None = None
-    """The session's latest erase in the scanned range: anything at or before it is gone."""
+    """Log order within each partition; none at or before its session's erase."""
+    erased: dict[str, Position] = field(default_factory=dict)
+    """Session → its latest erase in the scanned range: anything at or before it is gone."""
     truncated: bool = False
     """The scan stopped at its entry limit before the end of the range."""
+
+    def erased_at(self, session_id: str) -> Position | None:
+        return self.erased.get(session_id)
+
+    def hides(self, session_id: str, position: Position) -> bool:
+        """Whether an erase in the scanned range covers a message of ``session_id`` there."""
+        erased = self.erased.get(session_id)
+        return erased is not None and position <= erased
+
+
+Marks = dict[str, Position | None]
+"""Projector → log position up to which it has applied one partition (None: nothing)."""
 
 
 @dataclass(frozen=True, slots=True)
 class LogView:
-    """Every projector's watermark and the session's entries past the history store's."""
+    """Every projector's watermark on the scope's partitions and the scope's entries past
+    the history store's."""
 
-    watermarks: dict[str, Position | None]
-    tail: SessionLog
+    watermarks: dict[int, Marks]
+    """Partition → projector → watermark."""
+    tail: ScopeLog
 
 
 def _before(position: Position) -> Position:
@@ -75,117 +91,137 @@ def _groups(reply: object) -> dict[str, dict[str, Any]]:
 
 async def watermarks(
     redis: aioredis.Redis,
-    partition: int,
+    partitions: Sequence[int],
     projectors: Sequence[str],
     reads_enriched: Callable[[str], bool],
-) -> dict[str, Position | None]:
-    """Projector → log position up to which it has applied ``partition`` (None: nothing).
+) -> dict[int, Marks]:
+    """Partition → projector → log position up to which it has applied that partition.
 
-    At most three pipelined round trips whatever the number of projectors: the groups of
-    both streams, the oldest pending entry of groups that have some, and for enriched-stream
-    groups the log position their entry came from.
+    At most three pipelined round trips whatever the number of partitions and projectors:
+    the groups of every stream, the oldest pending entry of groups that have some, and for
+    enriched-stream groups the log position their entry came from.
     """
-    streams = {False: log_key(partition), True: enriched_key(partition)}
     pipe: Any = redis.pipeline(transaction=False)
-    pipe.xinfo_groups(streams[False])
-    pipe.xinfo_groups(streams[True])
+    for partition in partitions:
+        pipe.xinfo_groups(log_key(partition))
+        pipe.xinfo_groups(enriched_key(partition))
     replies = await pipe.execute(raise_on_error=False)
-    groups = {False: _groups(replies[0]), True: _groups(replies[1])}
 
-    marks: dict[str, Position | None] = {}
-    pending: list[str] = []
-    for name in projectors:
-        g = groups[reads_enriched(name)].get(group_name(name))
-        if g is None:
-            marks[name] = None
-            continue
-        last = g.get("last-delivered-id")
-        position = Position.parse(last) if last else None
-        marks[name] = None if position == Position(0, 0) else position
-        if int(g.get("pending", 0)):
-            pending.append(name)
+    def stream(partition: int, name: str) -> str:
+        return enriched_key(partition) if reads_enriched(name) else log_key(partition)
+
+    marks: dict[int, Marks] = {}
+    pending: list[tuple[int, str]] = []
+    for i, partition in enumerate(partitions):
+        groups = {False: _groups(replies[2 * i]), True: _groups(replies[2 * i + 1])}
+        found: Marks = {}
+        for name in projectors:
+            g = groups[reads_enriched(name)].get(group_name(name))
+            if g is None:
+                found[name] = None
+                continue
+            last = g.get("last-delivered-id")
+            position = Position.parse(last) if last else None
+            found[name] = None if position == Position(0, 0) else position
+            if int(g.get("pending", 0)):
+                pending.append((partition, name))
+        marks[partition] = found
     if pending:
         pipe = redis.pipeline(transaction=False)
-        for name in pending:
-            pipe.xpending(streams[reads_enriched(name)], group_name(name))
-        for name, summary in zip(pending, await pipe.execute(), strict=True):
+        for partition, name in pending:
+            pipe.xpending(stream(partition, name), group_name(name))
+        for (partition, name), summary in zip(pending, await pipe.execute(), strict=True):
             if summary.get("min"):
-                marks[name] = _before(Position.parse(summary["min"]))
-    enriched = [n for n in projectors if reads_enriched(n) and marks[n] is not None]
+                marks[partition][name] = _before(Position.parse(summary["min"]))
+    enriched = [
+        (partition, name)
+        for partition in partitions
+        for name in projectors
+        if reads_enriched(name) and marks[partition][name] is not None
+    ]
     if enriched:
         pipe = redis.pipeline(transaction=False)
-        for name in enriched:
-            pipe.xrevrange(streams[True], str(marks[name]), "-", count=1)
-        for name, rows in zip(enriched, await pipe.execute(), strict=True):
+        for partition, name in enriched:
+            pipe.xrevrange(enriched_key(partition), str(marks[partition][name]), "-", count=1)
+        for (partition, name), rows in zip(enriched, await pipe.execute(), strict=True):
             source = rows[0][1].get(SOURCE_FIELD.encode()) if rows else None
-            marks[name] = Position.parse(source) if source else None
+            marks[partition][name] = Position.parse(source) if source else None
     return marks
 
 
 class _Scan:
-    """Filters a partition's entries down to one session's (cheap byte test first)."""
+    """Filters a partition's entries down to a scope's (cheap byte test first).
 
-    def __init__(self, tenant_id: str, session_id: str, partition: int) -> None:
+    Keeps the scope's messages and every erase of the tenant: an erase event names no user,
+    and a user scope must see the erase of any of its sessions.
+    """
+
+    def __init__(self, tenant_id: str, scope: Scope, found: ScopeLog) -> None:
         self.tenant_id = tenant_id
-        self.session_id = session_id
-        self.partition = partition
+        self.scope = scope
         # Valid ids never need JSON escaping except "/" (which a writer may send as "\/"):
         # only then is the byte pre-test unsafe.
-        self._needle = None if "/" in session_id else session_id.encode()
-        self.found = SessionLog()
+        self._needle = None if "/" in tenant_id else tenant_id.encode()
+        self.found = found
 
-    def offer(self, entry_id: bytes, fields: dict[bytes, bytes]) -> MessageAppended | None:
+    def offer(self, partition: int, entry_id: bytes, fields: dict[bytes, bytes]) -> None:
         raw = fields.get(ENTRY_FIELD.encode(), b"")
         if self._needle is not None and self._needle not in raw:
-            return None
+            return
         try:
-            record = record_from_log(self.partition, entry_id, fields)
+            record = record_from_log(partition, entry_id, fields)
         except AmemError:
-            return None  # a poison entry: the projectors dead-letter it, context skips it
+            return  # a poison entry: the projectors dead-letter it, context skips it
         event = record.event
-        if event.tenant_id != self.tenant_id or event.session_id != self.session_id:
-            return None
+        if event.tenant_id != self.tenant_id:
+            return
         if isinstance(event, SessionErased):
-            if self.found.erased_at is None or record.position > self.found.erased_at:
-                self.found.erased_at = record.position
-            return None
-        if isinstance(event, MessageAppended):
-            stored = StoredMessage(
-                message=event.message, partition=self.partition, position=record.position
-            )
-            self.found.messages.append(stored)
-            return event
-        return None
+            erased = self.found.erased.get(event.session_id)
+            if erased is None or record.position > erased:
+                self.found.erased[event.session_id] = record.position
+        elif isinstance(event, MessageAppended):
+            message = event.message
+            if self.scope.holds(message.session_id, message.user_id):
+                self.found.messages.append(
+                    StoredMessage(message=message, partition=partition, position=record.position)
+                )
+
+    def done(self) -> ScopeLog:
+        found = self.found
+        found.messages = [
+            m for m in found.messages if not found.hides(m.message.session_id, m.position)
+        ]
+        return found
 
 
 async def tail(
     redis: aioredis.Redis,
     tenant_id: str,
-    session_id: str,
-    partition: int,
-    after: Position | None,
+    scope: Scope,
+    after: Mapping[int, Position | None],
     *,
     max_entries: int,
-) -> SessionLog:
-    """The session's entries of ``partition`` after ``after`` (None: from the start)."""
-    scan = _Scan(tenant_id, session_id, partition)
-    start = "-" if after is None else f"({after}"
+) -> ScopeLog:
+    """The scope's entries of each partition of ``after`` past its position (None: from the
+    start). The first page of every partition comes in one pipelined round trip."""
+    scan = _Scan(tenant_id, scope, ScopeLog())
+    starts = {p: ("-" if a is None else f"({a}") for p, a in after.items()}
     seen = 0
-    while seen < max_entries:
-        rows = await _page(redis, log_key(partition), start, "+", reverse=False)
-        for entry_id, fields in rows:
-            scan.offer(entry_id, fields)
-        seen += len(rows)
-        if len(rows) < PAGE:
-            break
-        start = f"({rows[-1][0].decode()}"
-    else:
-        scan.found.truncated = True
-    found = scan.found
-    if found.erased_at is not None:
-        erased = found.erased_at
-        found.messages = [m for m in found.messages if m.position > erased]
-    return found
+    while starts and seen < max_entries:
+        pipe: Any = redis.pipeline(transaction=False)
+        for partition, start in starts.items():
+            pipe.xrange(log_key(partition), start, "+", count=PAGE)
+        pages = cast(list[Entries], await pipe.execute())
+        following = {}
+        for (partition, _), rows in zip(starts.items(), pages, strict=True):
+            for entry_id, fields in rows:
+                scan.offer(partition, entry_id, fields)
+            seen += len(rows)
+            if len(rows) == PAGE:
+                following[partition] = f"({rows[-1][0].decode()}"
+        starts = following
+    scan.found.truncated = bool(starts)
+    return scan.done()
 
 
 async def latest(
@@ -196,25 +232,29 @@ async def latest(
     *,
     limit: int,
     max_entries: int,
-) -> SessionLog:
+) -> ScopeLog:
     """The session's last ``limit`` messages read backwards from the log's end (log order).
 
     The recent window when the history store cannot answer; stops at the session's erase.
     """
-    scan = _Scan(tenant_id, session_id, partition)
+    scan = _Scan(tenant_id, Scope(session_id=session_id), ScopeLog())
+
+    def enough() -> bool:
+        return session_id in scan.found.erased or len(scan.found.messages) >= limit
+
     end = "+"
     seen = 0
-    while seen < max_entries and len(scan.found.messages) < limit:
+    while seen < max_entries and not enough():
         rows = await _page(redis, log_key(partition), end, "-", reverse=True)
         for entry_id, fields in rows:
-            scan.offer(entry_id, fields)
-            if scan.found.erased_at is not None or len(scan.found.messages) >= limit:
+            scan.offer(partition, entry_id, fields)
+            if enough():
                 break
         seen += len(rows)
-        if scan.found.erased_at is not None or len(rows) < PAGE:
+        if enough() or len(rows) < PAGE:
             break
         end = f"({rows[-1][0].decode()}"
-    found = scan.found
+    found = scan.done()
     found.truncated = seen >= max_entries and len(found.messages) < limit
     found.messages.reverse()
     return found

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from functools import partial
 
-from projectors.store import HistoryStore, SessionSummary, StoredMessage
+from projectors.store import MessageKey, SessionSummary, StoredMessage
 from rehydrator.call import Call, Pool, merged
 from rehydrator.context import Item, TierReport, render
 from rehydrator.deadlines import within
@@ -14,16 +16,23 @@ MIN_TURN_TOKENS = 4
 """No turn costs less ([CLS], [SEP], a speaker and a word): below this, packing stops."""
 
 
+@dataclass(frozen=True, slots=True)
+class Texts:
+    """Where packing reads the texts of turns it has not got: a store, or a copy in memory."""
+
+    store: str
+    read: Callable[[list[MessageKey]], Awaitable[list[StoredMessage]]]
+
+
 async def pack(
     call: Call,
-    history: HistoryStore | None,
+    texts_of: Texts | None,
     counter: TokenCounter,
     tenant_id: str,
-    session_id: str,
     budget: int,
-    order: list[str],
+    order: list[MessageKey],
     pool: Pool,
-    scores: dict[str, float],
+    scores: dict[MessageKey, float],
     session: SessionSummary | None,
 ) -> tuple[list[Item], int, str | None]:
     """Fill the budget in ``order``, skipping a turn that does not fit.
@@ -44,20 +53,18 @@ async def pack(
         start += chunk
         missing = [i for i in ids if i not in pool.stored]
         failed = any(r.status != "ok" for r in fetches)
-        if missing and history is not None and not failed:
+        if missing and texts_of is not None and not failed:
             fetched, report = await within(
-                "messages",
-                history.store,
-                call.left("messages"),
-                _reader(history, tenant_id, session_id, missing),
+                "messages", texts_of.store, call.left("messages"), partial(texts_of.read, missing)
             )
             fetches.append(report)
             for m in fetched or []:
-                pool.stored[m.message.id] = m
-        stored = [pool.stored[i] for i in ids if i in pool.stored]
+                pool.stored[(m.message.session_id, m.message.id)] = m
+        found = [(i, pool.stored[i]) for i in ids if i in pool.stored]
+        stored = [m for _, m in found]
         texts = [render(m.message) for m in stored]
         added = 0
-        for m, text, tokens in zip(stored, texts, counter.count(texts), strict=True):
+        for (key, m), text, tokens in zip(found, texts, counter.count(texts), strict=True):
             if used + tokens > budget:
                 continue  # a shorter turn further down may still fit
             used += tokens
@@ -68,8 +75,8 @@ async def pack(
                     position=m.position,
                     text=text,
                     tokens=tokens,
-                    score=scores.get(m.message.id, 0.0),
-                    found_by=pool.found_by.get(m.message.id, {}),
+                    score=scores.get(key, 0.0),
+                    found_by=pool.found_by.get(key, {}),
                 )
             )
         if stored and not added:
@@ -77,12 +84,6 @@ async def pack(
     if fetches:
         call.reports.append(merged(fetches))
     return items, used, header
-
-
-def _reader(
-    history: HistoryStore, tenant_id: str, session_id: str, message_ids: list[str]
-) -> Callable[[], Awaitable[list[StoredMessage]]]:
-    return lambda: history.messages(tenant_id, session_id, message_ids)
 
 
 def header_line(session: SessionSummary | None) -> str | None:

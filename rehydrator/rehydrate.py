@@ -1,18 +1,25 @@
 """``rehydrate``: a session's context from every tier at once, packed to a token budget.
 
+Scopes: ``session`` (the session's own turns) or ``user`` (the session's turns and every
+turn of the same user in the tenant, all sessions, competing in one budget).
+
 Reads, all concurrent and each bounded by the call's deadline:
 
-- ``log``: every projector's watermark and the session's messages past the history store's
-  watermark (read-your-writes);
-- ``recent``: the last turns, from the history store or else from the log (hedged);
-- ``outline``: the session's turns in log order (ids, speakers, positions) for fusion;
-- ``dense``: the query's embedding against the vector stores (hedged: first good answer);
-- ``lexical``: BM25 full-text hits from the history store;
+- ``log``: every projector's watermark on the scope's partitions and the scope's messages
+  past the history store's watermark (read-your-writes);
+- ``recent``: the session's last turns, from the history store or else the log (hedged);
 - ``session``: the session document (participants, span, size) for the header;
+- ``memory``: the scope's in-memory copy (:mod:`rehydrator.hot_index`), brought up to the
+  watermarks just read; when there is none yet, the stores answer the next two;
+- ``dense``: the query's embedding's top hits over the scope (hedged over vector stores);
+- ``lexical``: the top BM25 hits over the scope;
+- ``window``: the turns around every hit, in log order;
 
 then ``graph`` (neighbours of the best hits) and ``messages`` (the texts of the ranked
 turns) while packing. A tier that fails or misses the deadline is reported as degraded and
-left out; the recent window and the log tail are always tried first.
+left out; the recent window and the log tail are always tried first. Candidates are the
+indexes' best hits over the whole scope and their neighbours: no turn is left out for its
+age, and the work per call is bounded by the hits asked for, not by the history's length.
 """
 
 from __future__ import annotations
@@ -20,10 +27,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import replace
-from typing import TypeVar
+from datetime import datetime
+from typing import Literal
 
+import numpy as np
 import redis.asyncio as aioredis
 
 from projectors.position import Position
@@ -31,30 +40,36 @@ from projectors.store import (
     GraphStore,
     HistoryStore,
     Hit,
+    MessageKey,
     ProjectionStore,
+    Scope,
     SessionSummary,
     StoredMessage,
     Turn,
     VectorStore,
 )
 from rehydrator import log_tail
-from rehydrator.call import Call, Pool
-from rehydrator.context import Context, QuerySource
+from rehydrator.call import Call, Pool, merged
+from rehydrator.context import Context, Item, QuerySource, TierReport
 from rehydrator.deadlines import hedged, within
-from rehydrator.errors import HistoryUnavailableError
+from rehydrator.errors import HistoryUnavailableError, MissingUserError
 from rehydrator.fusion import FusionWeights, fuse
-from rehydrator.packing import pack
+from rehydrator.hot_index import HotIndex, HotIndexes
+from rehydrator.packing import Texts, pack
 from rehydrator.query_embedding import QueryEmbedder
 from rehydrator.settings import RehydrateSettings
 from rehydrator.tokens import TokenCounter
 from schemas.partitioning import partition_for
 from schemas.validation import validate_id
 
-T = TypeVar("T")
-
 MAX_BUDGET = 1_000_000
 GRAPH_SEEDS = 5
-"""Best-ranked turns whose graph neighbourhood is read."""
+"""Best hits whose graph neighbourhood is read."""
+SEED_RANK = 60
+"""k of the reciprocal ranks that pick them (as in RRF)."""
+
+ScopeName = Literal["session", "user"]
+SCOPES: tuple[ScopeName, ...] = ("session", "user")
 
 
 class Rehydrator:
@@ -73,6 +88,7 @@ class Rehydrator:
         sessions: ProjectionStore | None,
         embedder: QueryEmbedder | None,
         counter: TokenCounter,
+        hot: HotIndexes | None = None,
         settings: RehydrateSettings | None = None,
         weights: FusionWeights | None = None,
     ) -> None:
@@ -86,6 +102,7 @@ class Rehydrator:
         self._sessions = sessions
         self._embedder = embedder
         self._counter = counter
+        self._hot = hot
         self.settings = settings or RehydrateSettings()
         self._weights = weights or FusionWeights()
         self._turns = asyncio.Semaphore(self.settings.concurrency)
@@ -98,16 +115,24 @@ class Rehydrator:
         query: str | None = None,
         budget_tokens: int = 2000,
         *,
+        scope: ScopeName = "session",
+        user_id: str | None = None,
         deadline_ms: int | None = None,
         recent_turns: int | None = None,
     ) -> Context:
         """The context to resume ``session_id`` with, within ``budget_tokens``.
 
-        ``query`` defaults to the session's latest user turn. Raises ``ValidationError`` on
-        bad ids and ``ValueError`` on a bad budget; a failing tier never raises.
+        ``query`` defaults to the session's latest user turn. ``scope="user"`` adds every
+        session of ``user_id`` (default: the user the session's latest turns name) in the
+        tenant. Raises ``ValidationError`` on bad ids and ``ValueError`` on a bad budget,
+        scope, or a user scope without a user; a failing tier never raises.
         """
         validate_id("tenant_id", tenant_id)
         validate_id("session_id", session_id)
+        if user_id is not None:
+            validate_id("user_id", user_id)
+        if scope not in SCOPES:
+            raise ValueError(f"scope must be one of {', '.join(SCOPES)}, not {scope!r}")
         if not 1 <= budget_tokens <= MAX_BUDGET:
             raise ValueError(f"budget_tokens must be between 1 and {MAX_BUDGET}")
         deadline = (deadline_ms or self.settings.deadline_ms) / 1000
@@ -117,7 +142,7 @@ class Rehydrator:
         async with self._turns:
             call = self._call(deadline)
             context = await self._rehydrate(
-                call, tenant_id, session_id, query, budget_tokens, recent_turns
+                call, tenant_id, session_id, query, budget_tokens, recent_turns, scope, user_id
             )
         return replace(
             context,
@@ -133,19 +158,34 @@ class Rehydrator:
         query: str | None,
         budget_tokens: int,
         recent_turns: int | None,
+        scope_name: ScopeName,
+        user_id: str | None,
     ) -> Context:
         recent_n = self.settings.recent_turns if recent_turns is None else recent_turns
         partition = partition_for(tenant_id, session_id, self._partitions)
         pool = Pool()
-
+        known_recent: list[StoredMessage] | None = None
+        if scope_name == "user" and user_id is None:
+            # Whose memory: the session's own latest turns say (one read before the rest).
+            latest = await self._stores_recent(
+                call, tenant_id, session_id, partition, max(recent_n, 1)
+            )
+            user_id = _latest_user(latest)
+            if user_id is None:
+                raise MissingUserError(
+                    "user_id: scope 'user' needs one, and the session's latest turns name none"
+                )
+            known_recent = latest[len(latest) - recent_n :] if recent_n else []
+        scope = Scope(session_id=session_id, user_id=user_id if scope_name == "user" else None)
+        partitions = [partition] if scope.user_id is None else list(range(self._partitions))
         log_read = asyncio.ensure_future(
-            call.within("log", "redis", lambda: self._read_log(tenant_id, session_id, partition))
+            call.within("log", "redis", lambda: self._read_log(tenant_id, scope, partitions))
         )
+        hot_read = asyncio.ensure_future(self._hot_copy(call, tenant_id, scope, log_read))
         recent_read = asyncio.ensure_future(
-            self._recent(call, tenant_id, session_id, partition, recent_n)
+            self._recent(call, tenant_id, session_id, partition, recent_n, hot_read, known_recent)
         )
-        outline_read = asyncio.ensure_future(self._outline(call, tenant_id, session_id))
-        session_read = asyncio.ensure_future(self._session(call, tenant_id, session_id))
+        session_read = asyncio.ensure_future(self._session(call, tenant_id, session_id, hot_read))
 
         query_source: QuerySource = "given" if query else "none"
         if not query:
@@ -153,54 +193,55 @@ class Rehydrator:
             # answer must not hold up the other tiers, though: wait for it briefly.
             await asyncio.wait({recent_read})
             await asyncio.wait({log_read}, timeout=self.settings.hedge_after_ms / 1000)
-            tail_so_far = _tail_of(log_read.result()) if log_read.done() else []
-            query = _latest_user_turn([*recent_read.result(), *tail_so_far])
+            own = [m for m in _tail_of(log_read) if m.message.session_id == session_id]
+            query = _latest_user_turn([*recent_read.result(), *own])
             query_source = "latest user turn" if query else "none"
-        dense_read = asyncio.ensure_future(self._dense(call, tenant_id, session_id, query))
-        lexical_read = asyncio.ensure_future(self._lexical(call, tenant_id, session_id, query))
-        await asyncio.wait({log_read, recent_read, outline_read, session_read})
-        await asyncio.wait({dense_read, lexical_read})
+        dense_read = asyncio.ensure_future(self._dense(call, tenant_id, scope, query, hot_read))
+        lexical_read = asyncio.ensure_future(self._lexical(call, tenant_id, scope, query, hot_read))
+        channels = [dense_read, lexical_read]
+        graph_read = asyncio.ensure_future(self._neighbours(call, tenant_id, scope, channels))
+        windows_read = asyncio.ensure_future(self._windows(call, tenant_id, channels, hot_read))
+        await asyncio.wait({log_read, recent_read, session_read, windows_read})
 
-        log_view = log_read.result()
-        if log_view is not None:
-            call.count("log", len(log_view.tail.messages))  # messages no projection had yet
-            if log_view.tail.truncated:
+        view = log_read.result()
+        tail = _tail_of(log_read)
+        if view is not None:
+            call.count("log", len(tail))  # messages no projection had yet
+            if view.tail.truncated:
                 call.annotate("log", f"tail cut at {self.settings.log_tail_entries} entries")
-        tail = _tail_of(log_view)
-        erased_at = log_view.tail.erased_at if log_view is not None else None
-        recent = _after(recent_read.result(), erased_at)
-        turns = [t for t in outline_read.result() if erased_at is None or t.position > erased_at]
-        known = {t.message_id for t in turns}
-        turns += [_turn(m) for m in tail if m.message.id not in known]
-        dense_hits, lexical_hits = dense_read.result(), lexical_read.result()
+        erased = view.tail if view is not None else log_tail.ScopeLog()
+        recent = [m for m in recent_read.result() if not erased.hides(session_id, m.position)]
+        dense_hits = [h for h in dense_read.result() if not _hidden(h, erased)]
+        lexical_hits = [h for h in lexical_read.result() if not _hidden(h, erased)]
+        windows = {
+            k: [t for t in w if not erased.hides(t.session_id, t.position)]
+            for k, w in windows_read.result().items()
+        }
         pool.add(tail, "log")
         pool.add(recent, "recent")
         pool.note(dense_hits, "dense")
         pool.note(lexical_hits, "lexical")
 
-        scores: dict[str, float] = {}
+        scores: dict[MessageKey, float] = {}
         if query:
             scores = fuse(
-                turns,
-                {h.message_id: h.score for h in dense_hits},
-                {h.message_id: h.score for h in lexical_hits},
+                windows,
+                {h.key: h.score for h in dense_hits},
+                {h.key: h.score for h in lexical_hits},
                 query,
                 self._weights,
             )
-        ranked = sorted(scores, key=lambda i: -scores[i])  # stable: ties keep log order
-        graph_read = asyncio.ensure_future(
-            self._neighbours(call, tenant_id, session_id, ranked[:GRAPH_SEEDS])
-        )
+        ranked = sorted(scores, key=lambda k: -scores[k])  # stable: ties keep window order
         # Read-your-writes and the recent window go first, newest first: when the tail is
         # longer than the budget (projectors far behind), the latest turns are kept.
         newest = sorted([*tail, *recent], key=lambda m: m.position, reverse=True)
-        first = [m.message.id for m in newest]
+        first = [(m.message.session_id, m.message.id) for m in newest]
+        copy = hot_read.result()
         items, used, header = await pack(
             call,
-            self._history,
+            self._texts(tenant_id, copy),
             self._counter,
             tenant_id,
-            session_id,
             budget_tokens,
             [*dict.fromkeys([*first, *ranked])],
             pool,
@@ -208,25 +249,27 @@ class Rehydrator:
             session_read.result(),
         )
         await asyncio.wait({graph_read})
-        graph_hits = {h.message_id: h.score for h in graph_read.result()}
+        graph_hits = {h.key: h.score for h in graph_read.result()}
         items = [
-            replace(i, found_by={**i.found_by, "graph": graph_hits[i.message.id]})
-            if i.message.id in graph_hits
+            replace(i, found_by={**i.found_by, "graph": graph_hits[i.key]})
+            if i.key in graph_hits
             else i
             for i in items
         ]
-        items.sort(key=lambda i: i.position)
+        own_marks = view.watermarks.get(partition, {}) if view is not None else {}
         return Context(
             tenant_id=tenant_id,
             session_id=session_id,
+            scope=scope_name,
+            user_id=scope.user_id,
             query=query,
             query_source=query_source,
             budget_tokens=budget_tokens,
             tokens=used,
-            items=tuple(items),
+            items=tuple(_in_time_order(items)),
             header=header,
             tiers=tuple(call.reports),
-            watermarks=log_view.watermarks if log_view is not None else {},
+            watermarks=own_marks,
             from_log_tail=sum(1 for i in items if "log" in i.found_by),
             elapsed_ms=(time.perf_counter() - call.started) * 1000,
         )
@@ -246,18 +289,19 @@ class Rehydrator:
             raise ValueError("limit must be at least 1")
         call = self._call((deadline_ms or self.settings.deadline_ms) / 1000)
         partition = partition_for(tenant_id, session_id, self._partitions)
+        scope = Scope(session_id=session_id)
         view, recent = await asyncio.gather(
-            call.within("log", "redis", lambda: self._read_log(tenant_id, session_id, partition)),
-            self._recent(call, tenant_id, session_id, partition, limit),
+            call.within("log", "redis", lambda: self._read_log(tenant_id, scope, [partition])),
+            self._stores_recent(call, tenant_id, session_id, partition, limit),
         )
         if view is None and not any(r.tier == "recent" and r.status == "ok" for r in call.reports):
             raise HistoryUnavailableError(
                 "neither the history store nor the log answered: "
                 + "; ".join(f"{r.tier}: {r.detail}" for r in call.reports if r.status != "ok")
             )
-        erased_at = view.tail.erased_at if view is not None else None
-        merged = {m.message.id: m for m in _after(recent, erased_at)}
-        for m in _tail_of(view):
+        tail = view.tail if view is not None else log_tail.ScopeLog()
+        merged = {m.message.id: m for m in recent if not tail.hides(session_id, m.position)}
+        for m in tail.messages:
             merged.setdefault(m.message.id, m)
         return sorted(merged.values(), key=lambda m: m.position)[-limit:]
 
@@ -265,24 +309,43 @@ class Rehydrator:
         tiers = {t: ms / 1000 for t, ms in self.settings.tier_deadline_ms.items()}
         return Call(started=time.perf_counter(), deadline_s=deadline_s, tier_deadlines_s=tiers)
 
-    async def _read_log(self, tenant_id: str, session_id: str, partition: int) -> log_tail.LogView:
+    async def _read_log(
+        self, tenant_id: str, scope: Scope, partitions: Sequence[int]
+    ) -> log_tail.LogView:
         marks = await log_tail.watermarks(
-            self._redis, partition, self._projectors, self._reads_enriched
+            self._redis, partitions, self._projectors, self._reads_enriched
         )
         # Projector names are store names: the history store's group is its watermark.
         history = self._history.store if self._history is not None else None
-        after = marks.get(history) if history is not None else None
+        after = {p: (marks[p].get(history) if history is not None else None) for p in partitions}
         found = await log_tail.tail(
-            self._redis,
-            tenant_id,
-            session_id,
-            partition,
-            after,
-            max_entries=self.settings.log_tail_entries,
+            self._redis, tenant_id, scope, after, max_entries=self.settings.log_tail_entries
         )
         return log_tail.LogView(marks, found)
 
     async def _recent(
+        self,
+        call: Call,
+        tenant_id: str,
+        session_id: str,
+        partition: int,
+        limit: int,
+        hot_read: asyncio.Future[HotIndex | None],
+        known: list[StoredMessage] | None,
+    ) -> list[StoredMessage]:
+        """The recent window: already read, or from the copy, or from the stores."""
+        if known is not None:
+            return known
+        await asyncio.wait({hot_read})
+        copy = hot_read.result()
+        if copy is not None and limit:
+            started = time.perf_counter()
+            found = copy.recent(session_id, limit)
+            call.reports.append(_memory_report("recent", started, found))
+            return found
+        return await self._stores_recent(call, tenant_id, session_id, partition, limit)
+
+    async def _stores_recent(
         self, call: Call, tenant_id: str, session_id: str, partition: int, limit: int
     ) -> list[StoredMessage]:
         if limit == 0:
@@ -316,18 +379,20 @@ class Rehydrator:
         call.reports.append(report)
         return result or []
 
-    async def _outline(self, call: Call, tenant_id: str, session_id: str) -> list[Turn]:
-        history = self._history
-        if history is None:
-            call.skipped("outline", "no history store")
-            return []
-        limit = self.settings.candidates
-        turns = await call.within(
-            "outline", history.store, lambda: history.outline(tenant_id, session_id, limit=limit)
-        )
-        return turns or []
-
-    async def _session(self, call: Call, tenant_id: str, session_id: str) -> SessionSummary | None:
+    async def _session(
+        self,
+        call: Call,
+        tenant_id: str,
+        session_id: str,
+        hot_read: asyncio.Future[HotIndex | None],
+    ) -> SessionSummary | None:
+        await asyncio.wait({hot_read})
+        copy = hot_read.result()
+        if copy is not None:
+            started = time.perf_counter()
+            summary = copy.summary(session_id)
+            call.reports.append(_memory_report("session", started, []))
+            return summary
         sessions = self._sessions
         if sessions is None:
             call.skipped("session", "no session store")
@@ -336,8 +401,59 @@ class Rehydrator:
             "session", sessions.store, lambda: sessions.session(tenant_id, session_id)
         )
 
+    def _texts(self, tenant_id: str, copy: HotIndex | None) -> Texts | None:
+        """Where packing reads the texts of ranked turns: the copy, else the history store."""
+        if copy is not None:
+
+            async def from_memory(keys: list[MessageKey]) -> list[StoredMessage]:
+                return copy.messages(keys)
+
+            return Texts(store="memory", read=from_memory)
+        history = self._history
+        if history is None:
+            return None
+
+        async def from_store(keys: list[MessageKey]) -> list[StoredMessage]:
+            return await history.messages(tenant_id, keys)
+
+        return Texts(store=history.store, read=from_store)
+
+    async def _hot_copy(
+        self,
+        call: Call,
+        tenant_id: str,
+        scope: Scope,
+        log_read: asyncio.Future[log_tail.LogView | None],
+    ) -> HotIndex | None:
+        """The scope's in-memory copy, current at the watermarks this call read."""
+        hot = self._hot
+        if hot is None:
+            return None
+        # The copy is only used once shown current against the watermarks; a log slow to
+        # give them must not eat the time the stores need to answer instead.
+        await asyncio.wait({log_read}, timeout=self.settings.hedge_after_ms / 1000)
+        view = log_read.result() if log_read.done() else None
+        if view is None:
+            call.skipped("memory", "no watermarks to check the copy against: stores answer")
+            return None
+        marks = {
+            projector: {p: m.get(projector) for p, m in view.watermarks.items()}
+            for projector in hot.parts.values()
+        }
+        copy = await call.within("memory", "memory", lambda: hot.current(tenant_id, scope, marks))
+        if copy is None:
+            call.annotate("memory", "loading: the stores answer meanwhile")
+        else:
+            call.count("memory", copy.rows)
+        return copy
+
     async def _dense(
-        self, call: Call, tenant_id: str, session_id: str, query: str | None
+        self,
+        call: Call,
+        tenant_id: str,
+        scope: Scope,
+        query: str | None,
+        hot_read: asyncio.Future[HotIndex | None],
     ) -> list[Hit]:
         if not query:
             call.skipped("dense", "no query")
@@ -348,70 +464,184 @@ class Rehydrator:
             return []
         started = time.perf_counter()
         vector = await call.within("embedding", "onnx", lambda: embedder.embed_async(query))
-        call.reports[-1] = replace(call.reports[-1], candidates=0)  # a vector, not candidates
+        call.count("embedding", 0)  # a vector, not candidates
         if vector is None:
             return []
-        embed_ms = (time.perf_counter() - started) * 1000
         limit = self.settings.candidates
+        await asyncio.wait({hot_read})
+        copy = hot_read.result()
+        if copy is not None and copy.vectors.live:
+            hits = copy.nearest(np.asarray(vector, dtype=np.float32), limit)
+            call.reports.append(_memory_report("dense", started, hits))
+            return hits
 
         def search(store: VectorStore) -> Callable[[], Awaitable[list[Hit]]]:
-            return lambda: store.nearest(tenant_id, vector, limit=limit, session_id=session_id)
+            return lambda: store.nearest(tenant_id, vector, limit=limit, scope=scope)
 
-        hits, report = await hedged(
+        found, report = await hedged(
             "dense",
             [(v.store, search(v)) for v in self._vectors],
             deadline_s=call.left("dense", first_phase=True),
             hedge_after_s=self.settings.hedge_after_ms / 1000,
         )
-        call.reports.append(replace(report, ms=report.ms + embed_ms))
-        return hits or []
+        call.reports.append(replace(report, ms=(time.perf_counter() - started) * 1000))
+        return found or []
 
     async def _lexical(
-        self, call: Call, tenant_id: str, session_id: str, query: str | None
+        self,
+        call: Call,
+        tenant_id: str,
+        scope: Scope,
+        query: str | None,
+        hot_read: asyncio.Future[HotIndex | None],
     ) -> list[Hit]:
         history = self._history
         if not query or history is None:
             call.skipped("lexical", "no query" if not query else "no history store")
             return []
         limit = self.settings.candidates
-        hits = await call.within(
+        await asyncio.wait({hot_read})
+        copy = hot_read.result()
+        if copy is None:
+            hits = await call.within(
+                "lexical",
+                history.store,
+                lambda: history.lexical(tenant_id, query, limit=limit, scope=scope),
+            )
+            return hits or []
+        # The query's terms as the history store analyses words, then BM25 in memory.
+        started = time.perf_counter()
+        terms, report = await within(
             "lexical",
             history.store,
-            lambda: history.lexical(tenant_id, session_id, query, limit=limit),
+            call.left("lexical", first_phase=True),
+            lambda: history.analyse(query),
         )
-        return hits or []
+        if terms is None:
+            call.reports.append(report)
+            return []
+        hits = copy.lexical(terms, limit)
+        call.reports.append(_memory_report("lexical", started, hits))
+        return hits
+
+    async def _windows(
+        self,
+        call: Call,
+        tenant_id: str,
+        hit_reads: Sequence[asyncio.Future[list[Hit]]],
+        hot_read: asyncio.Future[HotIndex | None],
+    ) -> dict[MessageKey, list[Turn]]:
+        """The turns around each hit, read as soon as each channel's hits are in: one
+        channel that is slow or fails does not hold up the other's windows (the last read
+        ranking needs; the header and the recent window are not needed for it)."""
+        reads: list[asyncio.Future[tuple[dict[MessageKey, list[Turn]] | None, TierReport]]] = []
+        asked: set[MessageKey] = set()
+        waiting: set[asyncio.Future[list[Hit]]] = set(hit_reads)
+        while waiting:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            keys = [h.key for f in done for h in f.result() if h.key not in asked]
+            asked.update(keys)
+            if keys:
+                reads.append(
+                    asyncio.ensure_future(self._window_read(call, tenant_id, keys, hot_read))
+                )
+        if not reads:
+            return {}
+        found: dict[MessageKey, list[Turn]] = {}
+        reports = []
+        for windows, report in await asyncio.gather(*reads):
+            found.update(windows or {})
+            reports.append(report)
+        call.reports.append(merged(reports) if len(reports) > 1 else reports[0])
+        return found
+
+    async def _window_read(
+        self,
+        call: Call,
+        tenant_id: str,
+        keys: Sequence[MessageKey],
+        hot_read: asyncio.Future[HotIndex | None],
+    ) -> tuple[dict[MessageKey, list[Turn]] | None, TierReport]:
+        radius = self._weights.radius
+        copy = hot_read.result() if hot_read.done() else None
+        if copy is not None:
+            started = time.perf_counter()
+            windows = copy.around(keys, radius)
+            return windows, _memory_report("window", started, windows)
+        history = self._history
+        if history is None:
+            return None, TierReport(
+                tier="window", store=None, status="skipped", ms=0, detail="no history store"
+            )
+        return await within(
+            "window",
+            history.store,
+            call.left("window", first_phase=True),
+            lambda: history.around(tenant_id, keys, radius=radius),
+        )
 
     async def _neighbours(
-        self, call: Call, tenant_id: str, session_id: str, seeds: Sequence[str]
+        self,
+        call: Call,
+        tenant_id: str,
+        scope: Scope,
+        channels: Sequence[asyncio.Future[list[Hit]]],
     ) -> list[Hit]:
+        """The graph neighbourhood of the channels' best hits (by reciprocal rank), read
+        while the rest of the ranking and the packing go on: it adds provenance."""
         graph = self._graph
-        if graph is None or not seeds:
-            call.skipped("graph", "no graph store" if graph is None else "nothing to expand")
+        if graph is None:
+            call.skipped("graph", "no graph store")
+            return []
+        await asyncio.wait(set(channels))
+        rank: dict[MessageKey, float] = {}
+        for channel in channels:
+            for i, hit in enumerate(channel.result()):
+                rank[hit.key] = rank.get(hit.key, 0.0) + 1 / (SEED_RANK + i)
+        seeds = sorted(rank, key=lambda k: -rank[k])[:GRAPH_SEEDS]
+        if not seeds:
+            call.skipped("graph", "nothing to expand")
             return []
         hits, report = await within(
             "graph",
             graph.store,
             call.left("graph"),
-            lambda: graph.neighbours(tenant_id, session_id, seeds),
+            lambda: graph.neighbours(tenant_id, seeds, scope=scope),
         )
         call.reports.append(report)
         return hits or []
 
 
-def _tail_of(view: log_tail.LogView | None) -> list[StoredMessage]:
+def _memory_report(
+    tier: str, started: float, found: Sequence[object] | Mapping[MessageKey, object]
+) -> TierReport:
+    """A tier answered from the in-memory copy."""
+    return TierReport(
+        tier=tier,
+        store="memory",
+        status="ok",
+        ms=(time.perf_counter() - started) * 1000,
+        candidates=len(found),
+    )
+
+
+def _tail_of(log_read: asyncio.Future[log_tail.LogView | None]) -> list[StoredMessage]:
+    view = log_read.result() if log_read.done() else None
     return view.tail.messages if view is not None else []
 
 
-def _after(messages: list[StoredMessage], erased_at: Position | None) -> list[StoredMessage]:
-    if erased_at is None:
-        return messages
-    return [m for m in messages if m.position > erased_at]
+def _hidden(hit: Hit, erased: log_tail.ScopeLog) -> bool:
+    """A hit of a session erased in the log tail: hidden whatever its position (a store hit
+    carries none; the session's messages projected before the erase are all at or before
+    it)."""
+    return hit.session_id in erased.erased
 
 
-def _turn(m: StoredMessage) -> Turn:
-    return Turn(
-        message_id=m.message.id, role=m.message.role, name=m.message.name, position=m.position
-    )
+def _latest_user(messages: Sequence[StoredMessage]) -> str | None:
+    for m in sorted(messages, key=lambda m: m.position, reverse=True):
+        if m.message.user_id is not None:
+            return m.message.user_id
+    return None
 
 
 def _latest_user_turn(messages: Sequence[StoredMessage]) -> str | None:
@@ -421,3 +651,16 @@ def _latest_user_turn(messages: Sequence[StoredMessage]) -> str | None:
         if m.message.role == "user":
             return m.message.content
     return newest[0].message.content if newest else None
+
+
+def _in_time_order(items: Sequence[Item]) -> list[Item]:
+    """Sessions by time (their earliest item's), each session's items in log order."""
+    starts: dict[str, tuple[datetime, Position]] = {}
+    for i in items:
+        at = (i.message.created_at, i.position)
+        s = i.message.session_id
+        if s not in starts or at < starts[s]:
+            starts[s] = at
+    return sorted(
+        items, key=lambda i: (starts[i.message.session_id], i.message.session_id, i.position)
+    )

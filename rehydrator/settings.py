@@ -18,13 +18,17 @@ class RehydrateSettings:
     """A redundant store is asked too when the one asked before has not answered by then."""
     recent_turns: int = 4
     """The session's last turns, always in the context (when they fit the budget)."""
-    candidates: int = 1000
-    """Turns of a session ranked per call (its latest), and dense and full-text hits read."""
+    candidates: int = 200
+    """Hits asked of each index (dense, full text) per call, over the whole scope: what
+    bounds a call's work, whatever the history's length (never the age of a turn)."""
     log_tail_entries: int = 20_000
+    """Most partition entries scanned for messages past the watermarks (read-your-writes)."""
     concurrency: int = 2
     """Calls served at once; more wait their turn. The tiers' deadlines start when a call's
     turn comes: under overload, calls queue instead of all missing their deadlines."""
-    """Most partition entries scanned for messages past the watermarks (read-your-writes)."""
+    hot_rows: int = 200_000
+    """Turns (and as many vectors) kept in memory for the scopes used last, about 1.7 KB
+    each (see :mod:`rehydrator.hot_index`); 0: none, every call reads the stores."""
 
     def __post_init__(self) -> None:
         for name in (
@@ -39,5 +43,7 @@ class RehydrateSettings:
         for tier, ms in self.tier_deadline_ms.items():
             if ms < 1:
                 raise ValueError(f"the deadline of tier {tier!r} must be at least 1 ms, not {ms}")
+        if self.hot_rows < 0:
+            raise ValueError(f"hot_rows must be at least 0, not {self.hot_rows}")
         if self.recent_turns < 0:
             raise ValueError(f"recent_turns must be at least 0, not {self.recent_turns}")

@@ -13,7 +13,7 @@ from schemas.events import Event, Message, MessageAppended, SessionErased
 from schemas.limits import DEFAULT_LIMITS, Limits
 from schemas.validation import validate_event
 
-_OPTIONAL_MESSAGE_FIELDS = ("parent_id", "agent_id", "name")
+_OPTIONAL_MESSAGE_FIELDS = ("parent_id", "agent_id", "name", "user_id")
 _EVENT_TYPES: dict[str, type[MessageAppended] | type[SessionErased]] = {
     MessageAppended.TYPE: MessageAppended,
     SessionErased.TYPE: SessionErased,
@@ -24,7 +24,7 @@ def to_json_dict(event: Event) -> dict[str, Any]:
     """The envelope in the documented field order; timestamps stay ``datetime``."""
     envelope: dict[str, Any] = {
         "type": event.TYPE,
-        "v": event.VERSION,
+        "v": event.version,
         "event_id": event.event_id,
         "produced_at": event.produced_at,
         "tenant_id": event.tenant_id,
@@ -75,6 +75,13 @@ def _parse_ts(field: str, value: str) -> datetime:
     return parsed
 
 
+def _user_id(payload: Mapping[str, Any], version: int) -> str | None:
+    user_id: str | None = _optional(payload, "user_id", str, "payload.")
+    if user_id is not None and version < 2:
+        raise DecodeError("payload.user_id", f"is not part of v{version}", "v=2")
+    return user_id
+
+
 def from_json_dict(envelope: object, limits: Limits = DEFAULT_LIMITS) -> Event:
     """Build and validate an event from a parsed envelope."""
     if not isinstance(envelope, dict):
@@ -84,8 +91,9 @@ def from_json_dict(envelope: object, limits: Limits = DEFAULT_LIMITS) -> Event:
     if cls is None:
         raise DecodeError("type", f"is unknown: {type_name[:60]!r}", ", ".join(_EVENT_TYPES))
     version = _field(envelope, "v", int)
-    if version != cls.VERSION:
-        raise DecodeError("v", f"{version} is not supported for {type_name}", f"v={cls.VERSION}")
+    if version not in cls.VERSIONS:
+        supported = " or ".join(f"v={v}" for v in cls.VERSIONS)
+        raise DecodeError("v", f"{version} is not supported for {type_name}", supported)
     common = {
         "event_id": _field(envelope, "event_id", str),
         "produced_at": _parse_ts("produced_at", _field(envelope, "produced_at", str)),
@@ -105,6 +113,7 @@ def from_json_dict(envelope: object, limits: Limits = DEFAULT_LIMITS) -> Event:
             parent_id=_optional(payload, "parent_id", str, p),
             agent_id=_optional(payload, "agent_id", str, p),
             name=_optional(payload, "name", str, p),
+            user_id=_user_id(payload, version),
             created_at=_parse_ts(p + "created_at", _field(payload, "created_at", str, p)),
             metadata=_optional(payload, "metadata", dict, p) or {},
         )

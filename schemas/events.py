@@ -46,6 +46,8 @@ class Message:
     """One conversation message, addressed by ``(tenant_id, session_id, id)``.
 
     ``id`` is the idempotency key: appending the same id twice in a session appends once.
+    ``user_id`` names the person the memory is about: ``rehydrate(..., scope="user")``
+    reaches every session of that user in the tenant.
     """
 
     tenant_id: str
@@ -56,6 +58,7 @@ class Message:
     parent_id: str | None = None
     agent_id: str | None = None
     name: str | None = None
+    user_id: str | None = None
     created_at: datetime = field(default_factory=utc_now)
     metadata: Mapping[str, JSONValue] = field(default_factory=dict)
 
@@ -63,11 +66,19 @@ class Message:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class MessageAppended:
     TYPE: ClassVar[str] = "message.appended"
-    VERSION: ClassVar[int] = 1
+    VERSIONS: ClassVar[tuple[int, ...]] = (1, 2)
+    """v2 added ``payload.user_id``. A message without one is written as v1, byte for byte
+    what a v1 reader expects; a v1 reader refuses a v2 entry (dead-letters it) rather than
+    silently dropping the user."""
 
     message: Message
     event_id: str = field(default_factory=new_id)
     produced_at: datetime = field(default_factory=utc_now)
+
+    @property
+    def version(self) -> int:
+        """The lowest version that carries this message (see :attr:`VERSIONS`)."""
+        return 1 if self.message.user_id is None else 2
 
     @property
     def tenant_id(self) -> str:
@@ -81,13 +92,17 @@ class MessageAppended:
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionErased:
     TYPE: ClassVar[str] = "session.erased"
-    VERSION: ClassVar[int] = 1
+    VERSIONS: ClassVar[tuple[int, ...]] = (1,)
 
     tenant_id: str
     session_id: str
     reason: str | None = None
     event_id: str = field(default_factory=new_id)
     produced_at: datetime = field(default_factory=utc_now)
+
+    @property
+    def version(self) -> int:
+        return 1
 
 
 Event = MessageAppended | SessionErased

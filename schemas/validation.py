@@ -123,6 +123,8 @@ def validate_message(message: Message, limits: Limits = DEFAULT_LIMITS) -> Messa
         validate_id("agent_id", message.agent_id, limits)
     if message.name is not None:
         validate_name(message.name, limits)
+    if message.user_id is not None:
+        validate_id("user_id", message.user_id, limits)
     validate_timestamp("created_at", message.created_at)
     validate_metadata(message.metadata, limits)
     return message

@@ -177,6 +177,9 @@ def append(
     parent: Annotated[str | None, typer.Option(help="Id of the message this replies to.")] = None,
     name: Annotated[str | None, typer.Option(help="Tool or speaker name.")] = None,
     agent: Annotated[str | None, typer.Option(help="Agent id.")] = None,
+    user: Annotated[
+        str | None, typer.Option(help="User id: whose memory this is (rehydrate --scope user).")
+    ] = None,
     durability: Annotated[
         str | None, typer.Option(help="memory or fsync (default: AMEM_DURABILITY).")
     ] = None,
@@ -184,7 +187,12 @@ def append(
 ) -> None:
     """Append one message to the log; prints its stream id."""
     settings = Settings.from_env()
-    fields: dict[str, Any] = {"parent_id": parent, "name": name, "agent_id": agent}
+    fields: dict[str, Any] = {
+        "parent_id": parent,
+        "name": name,
+        "agent_id": agent,
+        "user_id": user,
+    }
     if id is not None:
         fields["id"] = id
     message = Message(

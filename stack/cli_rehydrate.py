@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from rehydrator.context import Context
+from rehydrator.rehydrate import SCOPES
 from stack.cli_common import JsonFlag, one_line_errors, out, print_json
 from stack.rehydration import open_rehydrator
 from stack.settings import Settings
@@ -26,14 +27,25 @@ def rehydrate(
         str | None, typer.Option(help="What the context is for (default: latest user turn).")
     ] = None,
     budget: Annotated[int, typer.Option(min=1, help="Token budget.")] = 2000,
+    scope: Annotated[
+        str, typer.Option(help="session, or user: also every session of the same user.")
+    ] = "session",
+    user: Annotated[
+        str | None,
+        typer.Option(help="The user of a user scope (default: named by the session's turns)."),
+    ] = None,
     json: JsonFlag = False,
 ) -> None:
     """Rebuild a session's context from every tier, packed to the budget."""
     settings = Settings.from_env()
+    if scope not in SCOPES:
+        raise typer.BadParameter(f"must be one of {', '.join(SCOPES)}", param_hint="--scope")
 
     async def run() -> Context:
         async with open_rehydrator(settings) as rehydrator:
-            return await rehydrator.rehydrate(tenant, session, query, budget)
+            return await rehydrator.rehydrate(
+                tenant, session, query, budget, scope=scope, user_id=user
+            )
 
     try:
         context = asyncio.run(run())
@@ -51,8 +63,9 @@ def _found_by(scores: dict[str, float]) -> str:
 
 def show(context: Context) -> None:
     """The context, its provenance and its timings, readable in a terminal."""
+    scope = f" + user {context.user_id}" if context.scope == "user" else ""
     title = (
-        f"[bold]{context.tenant_id} / {context.session_id}[/]  "
+        f"[bold]{context.tenant_id} / {context.session_id}{scope}[/]  "
         f"{context.tokens}/{context.budget_tokens} tokens, {len(context.items)} messages, "
         f"{context.elapsed_ms:.1f} ms"
     )
@@ -64,12 +77,17 @@ def show(context: Context) -> None:
     out.print(Panel(lines, title=title, title_align="left"))
 
     items = Table(show_lines=False, expand=True)
+    if context.scope == "user":
+        items.add_column("session", style="blue", no_wrap=True)
     items.add_column("id", style="cyan", no_wrap=True)
     items.add_column("message", ratio=1)
     items.add_column("tokens", justify="right")
     items.add_column("found by (score)", style="magenta")
     for item in context.items:
-        items.add_row(item.message.id, item.text, str(item.tokens), _found_by(dict(item.found_by)))
+        where = [item.message.session_id] if context.scope == "user" else []
+        items.add_row(
+            *where, item.message.id, item.text, str(item.tokens), _found_by(dict(item.found_by))
+        )
     out.print(items)
 
     tiers = Table(title="tiers", title_justify="left")

@@ -22,6 +22,10 @@ def serve(
         int | None,
         typer.Option(min=1, max=65535, help="Port (default: AMEM_HTTP_PORT, 8080)."),
     ] = None,
+    workers: Annotated[
+        int,
+        typer.Option(min=1, help="Server processes on the one port (about one core each)."),
+    ] = 1,
     openapi: Annotated[
         Path | None,
         typer.Option(dir_okay=False, help="Write the OpenAPI schema to this file and exit."),
@@ -42,4 +46,5 @@ def serve(
         host or settings.http_host,
         port or settings.http_port,
         announce=lambda line: err.print(line, style="bold", highlight=False, soft_wrap=True),
+        workers=workers,
     )

@@ -17,8 +17,16 @@ from typing import TypeVar
 
 import redis.asyncio as aioredis
 
-from projectors.store import GraphStore, HistoryStore, Projection, ProjectionStore, VectorStore
+from projectors.store import (
+    GraphStore,
+    HistoryStore,
+    Projection,
+    ProjectionStore,
+    VectorSource,
+    VectorStore,
+)
 from rehydrator.fusion import FusionWeights
+from rehydrator.hot_index import HotIndexes
 from rehydrator.query_embedding import QueryEmbedder
 from rehydrator.rehydrate import Rehydrator
 from rehydrator.tokens import TokenCounter
@@ -74,6 +82,10 @@ async def open_rehydrator(
         history = stores.get("postgres")
         graph = stores.get("graph")
         sessions = stores.get("mongo")
+        source = next((s for s in stores.values() if isinstance(s, VectorSource)), None)
+        hot = None
+        if isinstance(history, HistoryStore) and settings.rehydrate.hot_rows:
+            hot = HotIndexes(history, source, max_rows=settings.rehydrate.hot_rows)
         yield Rehydrator(
             redis=redis,
             partitions=settings.producer.partitions,
@@ -85,6 +97,7 @@ async def open_rehydrator(
             sessions=sessions if isinstance(sessions, ProjectionStore) else None,
             embedder=embedder,
             counter=TokenCounter.load(),
+            hot=hot,
             settings=settings.rehydrate,
             weights=weights,
         )

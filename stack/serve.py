@@ -59,17 +59,41 @@ def describe_mode(keys: ApiKeys, host: str, port: int) -> str:
     return f"serving on {where}: API keys for {len(tenants)} tenant{'s' * (len(tenants) != 1)}"
 
 
+def app_from_env() -> FastAPI:
+    """The app of one server process of ``serve --workers N`` (uvicorn calls it in each):
+    everything from the environment the parent set up."""
+    settings = Settings.from_env()
+    return build_app(settings, ApiKeys.for_bind(settings.api_keys, settings.http_host))
+
+
 def serve(
-    settings: Settings, host: str, port: int, announce: Callable[[str], object] = print
+    settings: Settings,
+    host: str,
+    port: int,
+    announce: Callable[[str], object] = print,
+    *,
+    workers: int = 1,
 ) -> None:
-    """Run until SIGINT/SIGTERM; refuses a non-loopback ``host`` without keys."""
+    """Run until SIGINT/SIGTERM; refuses a non-loopback ``host`` without keys.
+
+    ``workers`` > 1 runs that many server processes on the one socket (uvicorn's own
+    process manager), each with its own rehydrator: calls are CPU-bound, so one process
+    uses about one core.
+    """
     keys = ApiKeys.for_bind(settings.api_keys, host)
-    app = build_app(settings, keys)
     logging.basicConfig(
         level=os.environ.get("AMEM_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(process)d %(name)s %(levelname)s %(message)s",
     )
-    announce(describe_mode(keys, host, port))
+    announce(describe_mode(keys, host, port) + (f", {workers} processes" if workers > 1 else ""))
     # proxy_headers off: nothing here decides on client addresses, and trusting a header
     # a client can set would only mislead the access log.
-    uvicorn.run(app, host=host, port=port, proxy_headers=False, server_header=False)
+    options: dict[str, Any] = {"proxy_headers": False, "server_header": False}
+    if workers == 1:
+        uvicorn.run(build_app(settings, keys), host=host, port=port, **options)
+        return
+    # Each process builds its app from the environment: give it this one's choices.
+    os.environ.update({"AMEM_HOME": str(settings.home), "AMEM_HTTP_HOST": host})
+    uvicorn.run(
+        "stack.serve:app_from_env", factory=True, workers=workers, host=host, port=port, **options
+    )

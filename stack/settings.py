@@ -93,9 +93,10 @@ class Settings:
             deadline_ms=_int(env, "AMEM_REHYDRATE_DEADLINE_MS", 80),
             hedge_after_ms=_int(env, "AMEM_REHYDRATE_HEDGE_MS", 20),
             recent_turns=_int(env, "AMEM_REHYDRATE_RECENT_TURNS", 4, minimum=0),
-            candidates=_int(env, "AMEM_REHYDRATE_CANDIDATES", 1000),
+            candidates=_int(env, "AMEM_REHYDRATE_CANDIDATES", 200),
             log_tail_entries=_int(env, "AMEM_REHYDRATE_LOG_TAIL_ENTRIES", 20_000),
             concurrency=_int(env, "AMEM_REHYDRATE_CONCURRENCY", 2),
+            hot_rows=_int(env, "AMEM_REHYDRATE_HOT_ROWS", 200_000, minimum=0),
             tier_deadline_ms=_tier_deadlines(env.get("AMEM_REHYDRATE_TIER_DEADLINES", "graph=25")),
         )
         names = env.get("AMEM_PROJECTORS") or ""

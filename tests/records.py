@@ -35,6 +35,7 @@ def message(
     parent_id: str | None = None,
     entities: tuple[str, ...] = (),
     partition: int = 0,
+    user_id: str | None = None,
 ) -> Record:
     msg = Message(
         tenant_id=tenant,
@@ -44,6 +45,7 @@ def message(
         content=content,
         name=name,
         parent_id=parent_id,
+        user_id=user_id,
         created_at=BASE_TIME + timedelta(seconds=pos),
     )
     event = MessageAppended(message=msg, event_id=f"e-{tenant}-{session}-{ident}")
@@ -68,7 +70,9 @@ def erase(tenant: str, session: str, pos: int, *, partition: int = 0) -> Record:
     )
 
 
-def conversation(tenant: str, session: str, n: int = 6, *, start: int = 0) -> list[Record]:
+def conversation(
+    tenant: str, session: str, n: int = 6, *, start: int = 0, user_id: str | None = None
+) -> list[Record]:
     """Alternating turns that reply to each other and mention a few shared entities."""
     people = ("Alice", "Bob")
     topics = ("Paris", "Berlin", "Lisbon")
@@ -86,6 +90,7 @@ def conversation(tenant: str, session: str, n: int = 6, *, start: int = 0) -> li
                 name=people[i % 2],
                 parent_id=f"m{start + i - 1}" if i else None,
                 entities=(topic, people[i % 2]),
+                user_id=user_id,
             )
         )
     return records

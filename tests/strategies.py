@@ -41,6 +41,7 @@ messages = st.builds(
     content=text,
     parent_id=st.none() | ids,
     agent_id=st.none() | ids,
+    user_id=st.none() | ids,
     name=st.none() | st.text(alphabet="abc XYZ_-é", min_size=1, max_size=40),
     created_at=aware_datetimes,
     metadata=metadata,

@@ -2,8 +2,8 @@
 
 Graph model (every node carries ``tenant_id``; keys join ids with ``|``, which ids cannot hold)::
 
-    (:Message {key, tenant_id, session_id, message_id, pos, content_hash, role, name,
-               created_at, parent_id, parent_key})
+    (:Message {key, tenant_id, session_id, message_id, user_id, pos, content_hash, role,
+               name, created_at, parent_id, parent_key})
     (:Message)-[:IN_SESSION]->(:Session {key, tenant_id, session_id})
     (:Message)-[:NEXT]->(:Message)        log-consecutive messages of a session
     (:Message)-[:REPLY_TO]->(:Message)    a message to its parent, once both are there
@@ -30,7 +30,7 @@ from typing import Any
 
 from projectors.position import Position
 from projectors.records import Digest, Record, SessionKey
-from projectors.store import GraphStore, Hit, TombstoneProjection
+from projectors.store import GraphStore, Hit, MessageKey, Scope, TombstoneProjection
 
 SEP = "|"
 """Key separator: not in the id alphabet, so ``tenant|session|id`` is unambiguous."""
@@ -283,25 +283,44 @@ NEIGHBOURS = """
 UNWIND $keys AS given
 MATCH (m:Message {key: given, tenant_id: $tenant_id})
 WITH m
-MATCH (m)-[r:NEXT|REPLY_TO]-(h:Message {tenant_id: $tenant_id, session_id: $session_id})
-WHERE NOT h.key IN $keys
-RETURN h.message_id AS message_id, h.pos AS pos, count(r) AS paths
+MATCH (m)-[r:NEXT|REPLY_TO]-(h:Message {tenant_id: $tenant_id})
+WHERE NOT h.key IN $keys AND <scope>
+RETURN h.session_id AS session_id, h.message_id AS message_id, h.pos AS pos,
+       count(r) AS paths
 UNION ALL
 UNWIND $keys AS given
 MATCH (m:Message {key: given, tenant_id: $tenant_id})
 WITH m
 MATCH (m)-[:MENTIONS]->(e:Entity {tenant_id: $tenant_id})
-      <-[:MENTIONS]-(h:Message {tenant_id: $tenant_id, session_id: $session_id})
-WHERE NOT h.key IN $keys
-RETURN h.message_id AS message_id, h.pos AS pos, count(e) AS paths
+      <-[:MENTIONS]-(h:Message {tenant_id: $tenant_id})
+WHERE NOT h.key IN $keys AND <scope>
+RETURN h.session_id AS session_id, h.message_id AS message_id, h.pos AS pos,
+       count(e) AS paths
 """
 """Hits one step away: next or previous turn, reply or parent, or a shared entity.
 
-Each path counts once: a given message and a hit both NEXT and REPLY_TO give 2, each shared
-entity 1, each given message the hit is next to 1. The halves are summed per hit in Python.
-``count(r)``, not ``count(*)``: FalkorDB 4.16 counts an undirected two-type match once per
-hit under ``count(*)`` (a NEXT and a REPLY_TO between the same two messages gave 1).
+The given messages (``$keys``, of any sessions) are looked up by key first; ``<scope>`` is
+the :class:`Scope` as a condition on the hit (:func:`scope_condition`), so a user's scope
+reaches the user's other sessions through shared entities. Each path counts once: a given
+message and a hit both NEXT and REPLY_TO give 2, each shared entity 1, each given message
+the hit is next to 1. The halves are summed per hit in Python. ``count(r)``, not
+``count(*)``: FalkorDB 4.16 counts an undirected two-type match once per hit under
+``count(*)`` (a NEXT and a REPLY_TO between the same two messages gave 1).
 """
+
+
+def scope_condition(scope: Scope) -> tuple[str, dict[str, str]]:
+    """The scope as a Cypher condition on the hit ``h``, and its parameters."""
+    params: dict[str, str] = {}
+    terms = []
+    if scope.session_id is not None:
+        params["session_id"] = scope.session_id
+        terms.append("h.session_id = $session_id")
+    if scope.user_id is not None:
+        params["user_id"] = scope.user_id
+        terms.append("h.user_id = $user_id")
+    return (f"({' OR '.join(terms)})" if terms else "true"), params
+
 
 ENTITIES = """
 MATCH (s:Session {key: $session_key, tenant_id: $tenant_id})
@@ -337,6 +356,7 @@ def _message_row(record: Record) -> dict[str, Any]:
         "tenant_id": tenant_id,
         "session_id": session_id,
         "message_id": msg.id,
+        "user_id": msg.user_id,
         "pos": pos,
         "content_hash": record.content_hash,
         "role": msg.role,
@@ -428,9 +448,12 @@ def digest(tenant_id: str | None) -> Statement:
     return Statement(DIGEST_TENANT, {"tenant_id": tenant_id})
 
 
-def neighbours(tenant_id: str, session_id: str, message_ids: Sequence[str]) -> Statement:
-    keys = sorted({message_key(tenant_id, session_id, m) for m in message_ids})
-    return Statement(NEIGHBOURS, {"keys": keys, "tenant_id": tenant_id, "session_id": session_id})
+def neighbours(tenant_id: str, seeds: Sequence[MessageKey], scope: Scope) -> Statement:
+    keys = sorted({message_key(tenant_id, s, m) for s, m in seeds})
+    condition, params = scope_condition(scope)
+    return Statement(
+        NEIGHBOURS.replace("<scope>", condition), {"keys": keys, "tenant_id": tenant_id, **params}
+    )
 
 
 def entities(tenant_id: str, session_id: str) -> Statement:
@@ -454,15 +477,16 @@ def parse_digest(rows: Rows) -> Digest:
     return out
 
 
-def parse_hits(session_id: str, rows: Rows) -> list[Hit]:
+def parse_hits(rows: Rows) -> list[Hit]:
     """Sum the paths per hit; best first, then log order."""
-    paths: dict[str, int] = {}
-    positions: dict[str, str] = {}
-    for message_id, pos, count in rows:
-        paths[str(message_id)] = paths.get(str(message_id), 0) + int(count)
-        positions[str(message_id)] = str(pos)
-    ranked = sorted(paths, key=lambda m: (-paths[m], positions[m], m))
-    return [Hit(session_id=session_id, message_id=m, score=float(paths[m])) for m in ranked]
+    paths: dict[MessageKey, int] = {}
+    positions: dict[MessageKey, str] = {}
+    for session_id, message_id, pos, count in rows:
+        key = (str(session_id), str(message_id))
+        paths[key] = paths.get(key, 0) + int(count)
+        positions[key] = str(pos)
+    ranked = sorted(paths, key=lambda k: (-paths[k], positions[k], k))
+    return [Hit(session_id=s, message_id=m, score=float(paths[(s, m)])) for s, m in ranked]
 
 
 def parse_entities(rows: Rows) -> dict[str, int]:
@@ -500,12 +524,11 @@ class CypherGraphStore(TombstoneProjection, GraphStore):
         return int(rows[0][0]) if rows else 0
 
     async def neighbours(
-        self, tenant_id: str, session_id: str, message_ids: Sequence[str]
+        self, tenant_id: str, seeds: Sequence[MessageKey], *, scope: Scope
     ) -> list[Hit]:
-        if not message_ids:
+        if not seeds:
             return []
-        rows = await self._run(neighbours(tenant_id, session_id, message_ids))
-        return parse_hits(session_id, rows)
+        return parse_hits(await self._run(neighbours(tenant_id, seeds, scope)))
 
     async def entities(self, tenant_id: str, session_id: str) -> dict[str, int]:
         return parse_entities(await self._run(entities(tenant_id, session_id)))

@@ -1,8 +1,9 @@
 """MongoDB (PyMongo's native async client): one document per session.
 
-A session document holds the session's participants, first and last message times, last
-log position and, under ``messages``, one small entry per message keyed by message id: the
-text ``"<position> <content hash> <time> <participant>"`` (see :class:`Entry`). Every
+A session document holds the session's participants, the users its messages name
+(``users``), first and last message times, last log position and, under ``messages``, one
+small entry per message keyed by message id: the text ``"<position> <content hash>
+<time>[@<user>] <participant>"`` (see :class:`Entry`). Every
 write of a message is a single upsert made of order-insensitive operators (``$set`` by
 message id, ``$min``, ``$max``, ``$addToSet``), so applying the log in any order, any
 number of times, gives the same document; the message count is the number of entries,
@@ -44,7 +45,7 @@ from pymongo.errors import (
 from projectors.errors import ProjectorError
 from projectors.position import Position
 from projectors.records import Digest, Record, SessionKey
-from projectors.store import ProjectionStore, SessionSummary, TombstoneProjection
+from projectors.store import ProjectionStore, SessionSummary, TombstoneProjection, participant
 
 Document = dict[str, Any]
 
@@ -84,10 +85,6 @@ def time_text(at: datetime) -> str:
     return at.astimezone(UTC).isoformat(timespec="microseconds")
 
 
-def participant(role: str, name: str | None) -> str:
-    return role if name is None else f"{role}:{name}"
-
-
 @dataclass(frozen=True, slots=True)
 class Entry:
     """A message's entry in its session document: what verify and an erase need."""
@@ -98,31 +95,43 @@ class Entry:
     at: datetime
     who: str
     """:func:`participant`."""
+    user: str | None = None
+    """The message's ``user_id``."""
 
     @classmethod
     def of(cls, record: Record) -> Entry:
         m = record.message.message
-        return cls(record.position, record.content_hash, m.created_at, participant(m.role, m.name))
+        return cls(
+            record.position,
+            record.content_hash,
+            m.created_at,
+            participant(m.role, m.name),
+            m.user_id,
+        )
 
     def text(self) -> str:
-        """``"<ms>-<seq> <hash, base64url> <µs since the epoch> <participant>"``.
+        """``"<ms>-<seq> <hash, base64url> <µs since the epoch>[@<user id>] <participant>"``.
 
         Compact because the whole document is rewritten on every update: at about 80
         characters instead of a 5-field sub-document's ~200, updating a 50-message session
         ran about 1.2x faster on nx-27017's storage. The participant comes last, so it may
-        hold spaces.
+        hold spaces. The user, when there is one, is glued to the time (an integer, so
+        without ``@``; an id has no space): an entry without a user is what it was before
+        messages named users.
         """
         digest = base64.urlsafe_b64encode(bytes.fromhex(self.h)).rstrip(b"=").decode()
         micros = (self.at - EPOCH) // timedelta(microseconds=1)
-        return f"{self.pos.ms}-{self.pos.seq} {digest} {micros} {self.who}"
+        user = "" if self.user is None else f"@{self.user}"
+        return f"{self.pos.ms}-{self.pos.seq} {digest} {micros}{user} {self.who}"
 
     @classmethod
     def parse(cls, stored: str | Document) -> Entry:
         if isinstance(stored, str):
-            pos, digest, micros, who = stored.split(" ", 3)
+            pos, digest, when, who = stored.split(" ", 3)
+            micros, at_sign, user = when.partition("@")
             h = base64.urlsafe_b64decode(digest + "=" * (-len(digest) % 4)).hex()
             at = EPOCH + timedelta(microseconds=int(micros))
-            return cls(Position.from_key(pos), h, at, who)
+            return cls(Position.from_key(pos), h, at, who, user if at_sign else None)
         # Written before entries were one string (a rebuild rewrites them as text).
         return cls(
             Position.from_key(stored["pos"]),
@@ -147,7 +156,7 @@ def _in_filter(sessions: Iterable[SessionKey]) -> Document:
 
 
 class MongoProjectionStore(TombstoneProjection, ProjectionStore):
-    """Session documents: participants, first and last times, last position, messages."""
+    """Session documents: participants, users, first and last times, last position, messages."""
 
     store = "mongo"
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = (
@@ -227,7 +236,7 @@ class MongoProjectionStore(TombstoneProjection, ProjectionStore):
 
     async def _delete_upto(self, erased: dict[SessionKey, Position]) -> None:
         # The one read-modify-write. Removing entries at or before a position cannot be an
-        # order-insensitive operator here: participants and first/last times are $addToSet,
+        # order-insensitive operator here: participants, users and first/last times are $addToSet,
         # $min and $max, which never give back, so they are recomputed from the entries that
         # remain. That is safe because erasure is rare (an erase event, or a late message
         # the tombstone covers) and because TombstoneProjection writes the tombstone before
@@ -333,7 +342,10 @@ def _session_update(records: Sequence[Record]) -> UpdateOne:
                 **{f"messages.{k}": e.text() for k, e in entries.items()},
                 "rev": _revision(),
             },
-            "$addToSet": {"participants": {"$each": sorted({e.who for e in entries.values()})}},
+            "$addToSet": {
+                "participants": {"$each": sorted({e.who for e in entries.values()})},
+                "users": {"$each": sorted({e.user for e in entries.values() if e.user})},
+            },
             "$min": {"first_at": min(times)},
             "$max": {"last_at": max(times), "last_position": max(r.position.key for r in records)},
         },
@@ -343,7 +355,11 @@ def _session_update(records: Sequence[Record]) -> UpdateOne:
 
 def _aggregates_of(doc: Document) -> Document:
     fields = {f: doc.get(f) for f in ("first_at", "last_at", "last_position")}
-    return {"participants": sorted(doc.get("participants") or []), **fields}
+    return {
+        "participants": sorted(doc.get("participants") or []),
+        "users": sorted(doc.get("users") or []),
+        **fields,
+    }
 
 
 def _aggregates(entries: Iterable[Entry]) -> Document:
@@ -351,6 +367,7 @@ def _aggregates(entries: Iterable[Entry]) -> Document:
     listed = list(entries)
     return {
         "participants": sorted({e.who for e in listed}),
+        "users": sorted({e.user for e in listed if e.user is not None}),
         "first_at": time_text(min(e.at for e in listed)),
         "last_at": time_text(max(e.at for e in listed)),
         "last_position": max(e.pos for e in listed).key,

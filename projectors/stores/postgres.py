@@ -24,8 +24,11 @@ from projectors.records import Digest, Record, SessionKey, latest_erasures, spli
 from projectors.store import (
     HistoryStore,
     Hit,
+    IndexedTurn,
+    MessageKey,
     Projection,
     ProjectionStore,
+    Scope,
     SessionSummary,
     StoredMessage,
     Turn,
@@ -60,6 +63,8 @@ CREATE TABLE IF NOT EXISTS amem_messages (
     content text NOT NULL, created_at timestamptz NOT NULL, metadata jsonb NOT NULL,
     tsv tsvector GENERATED ALWAYS AS ({SEARCHABLE}) STORED,
     PRIMARY KEY (tenant_id, session_id, message_id));
+-- Tables made before messages could name their user: add the column.
+ALTER TABLE amem_messages ADD COLUMN IF NOT EXISTS user_id text;
 -- Tables made before the full text covered speaker and caption: regenerate the column.
 DO $$ BEGIN
     IF NOT EXISTS (
@@ -74,6 +79,8 @@ END $$;
 CREATE INDEX IF NOT EXISTS amem_messages_log_order
     ON amem_messages (tenant_id, session_id, pos_ms, pos_seq);
 CREATE INDEX IF NOT EXISTS amem_messages_tsv ON amem_messages USING gin (tsv);
+CREATE INDEX IF NOT EXISTS amem_messages_user_order
+    ON amem_messages (tenant_id, user_id, pos_ms, pos_seq) WHERE user_id IS NOT NULL;
 CREATE TABLE IF NOT EXISTS amem_archive (
     partition int NOT NULL, pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
     tenant_id text NOT NULL, session_id text NOT NULL, event_type text NOT NULL,
@@ -85,6 +92,11 @@ CREATE TABLE IF NOT EXISTS amem_vectors (
     pos_ms bigint NOT NULL, pos_seq bigint NOT NULL, content_hash text NOT NULL,
     model text NOT NULL, tokens int NOT NULL, embedding vector NOT NULL,
     PRIMARY KEY (tenant_id, session_id, message_id));
+ALTER TABLE amem_vectors ADD COLUMN IF NOT EXISTS user_id text;
+CREATE INDEX IF NOT EXISTS amem_vectors_log_order
+    ON amem_vectors (tenant_id, session_id, pos_ms, pos_seq);
+CREATE INDEX IF NOT EXISTS amem_vectors_user_order
+    ON amem_vectors (tenant_id, user_id, pos_ms, pos_seq) WHERE user_id IS NOT NULL;
 """
 
 NOT_ERASED = """NOT EXISTS (
@@ -99,6 +111,28 @@ ERASED_SESSION = """EXISTS (
       AND (e.tenant_id, e.session_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
       AND (t.pos_ms, t.pos_seq) <= (e.pos_ms, e.pos_seq))"""
 """SQL condition: row ``t`` is covered by one of the tombstones just written."""
+
+
+def scope_sql(scope: Scope, args: list[Any]) -> tuple[str, list[Any]]:
+    """The scope as an SQL condition on ``session_id`` and ``user_id``, its values appended
+    to ``args`` as further parameters."""
+    args = list(args)
+    terms = []
+    if scope.session_id is not None:
+        args.append(scope.session_id)
+        terms.append(f"session_id = ${len(args)}")
+    if scope.user_id is not None:
+        args.append(scope.user_id)
+        terms.append(f"user_id = ${len(args)}")
+    return (f"({' OR '.join(terms)})" if terms else "TRUE"), args
+
+
+def after_sql(after: Position | None, args: list[Any]) -> tuple[str, list[Any]]:
+    """``(pos_ms, pos_seq) > after`` as an SQL condition (TRUE when ``after`` is None)."""
+    if after is None:
+        return "TRUE", list(args)
+    args = [*args, after.ms, after.seq]
+    return f"(pos_ms, pos_seq) > (${len(args) - 1}, ${len(args)})", args
 
 
 class PostgresProjection(Projection):
@@ -128,14 +162,36 @@ class PostgresProjection(Projection):
         self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
 
     async def start(self) -> None:
+        # The schema first, on a connection of its own: the pool's connections may need
+        # its types (pgvector's) as they open. Two workers creating it at once would race
+        # on the catalog: lock first.
+        conn = await asyncpg.connect(self._url, timeout=60)
+        try:
+            async with conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock(7305916)")
+                await conn.execute(SCHEMA)
+        finally:
+            await conn.close()
         if self._pool is None:
             self._pool = await asyncpg.create_pool(
-                self._url, min_size=1, max_size=self._pool_size, command_timeout=60
+                self._url,
+                min_size=1,
+                max_size=self._pool_size,
+                command_timeout=60,
+                init=self._init_connection,
             )
-        # Two workers creating the schema at once would race on the catalog: lock first.
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(7305916)")
-            await conn.execute(SCHEMA)
+
+    async def _init_connection(self, conn: Connection) -> None:
+        """Set up each new connection of the pool (type codecs)."""
+
+    async def erased_since(self, tenant_id: str, after: Position | None) -> dict[str, Position]:
+        since, args = after_sql(after, [self.projector, tenant_id])
+        rows = await self._pool.fetch(
+            f"""SELECT session_id, pos_ms, pos_seq FROM amem_erasures
+                WHERE projector = $1 AND tenant_id = $2 AND {since}""",
+            *args,
+        )
+        return {r[0]: Position(r[1], r[2]) for r in rows}
 
     async def close(self) -> None:
         if self._pool is not None:
@@ -251,7 +307,7 @@ def _columns(latest: dict[SessionKey, Position]) -> tuple[list[str], list[str]]:
 
 MESSAGE_COLUMNS = (
     "tenant_id, session_id, message_id, partition, pos_ms, pos_seq, role, name, parent_id,"
-    " agent_id, content, created_at, metadata"
+    " agent_id, user_id, content, created_at, metadata"
 )
 
 
@@ -259,8 +315,6 @@ class PostgresProjectionStore(PostgresProjection, ProjectionStore, HistoryStore)
     """Messages in log order per session, full text, and the archive of every event."""
 
     store = "postgres"
-    bm25_k1: ClassVar[float] = 1.2
-    bm25_b: ClassVar[float] = 0.75
     tables = ("amem_messages", "amem_archive")
 
     async def _insert(
@@ -271,15 +325,15 @@ class PostgresProjectionStore(PostgresProjection, ProjectionStore, HistoryStore)
                 f"""INSERT INTO amem_messages AS x ({MESSAGE_COLUMNS})
                 SELECT * FROM unnest(
                     $2::text[], $3::text[], $4::text[], $5::int[], $6::bigint[], $7::bigint[],
-                    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[],
-                    $13::timestamptz[], $14::jsonb[]) AS m({MESSAGE_COLUMNS})
+                    $8::text[], $9::text[], $10::text[], $11::text[], $12::text[], $13::text[],
+                    $14::timestamptz[], $15::jsonb[]) AS m({MESSAGE_COLUMNS})
                 WHERE {NOT_ERASED}
                 ON CONFLICT (tenant_id, session_id, message_id) DO UPDATE
                 SET partition = excluded.partition, pos_ms = excluded.pos_ms,
                     pos_seq = excluded.pos_seq, role = excluded.role, name = excluded.name,
                     parent_id = excluded.parent_id, agent_id = excluded.agent_id,
-                    content = excluded.content, created_at = excluded.created_at,
-                    metadata = excluded.metadata
+                    user_id = excluded.user_id, content = excluded.content,
+                    created_at = excluded.created_at, metadata = excluded.metadata
                 WHERE (excluded.pos_ms, excluded.pos_seq) < (x.pos_ms, x.pos_seq)""",
                 self.projector,
                 *message_columns(messages),
@@ -342,69 +396,110 @@ class PostgresProjectionStore(PostgresProjection, ProjectionStore, HistoryStore)
         )
         return [_stored(r) for r in reversed(rows)]
 
-    async def messages(
-        self, tenant_id: str, session_id: str, message_ids: Sequence[str]
-    ) -> list[StoredMessage]:
+    async def messages(self, tenant_id: str, keys: Sequence[MessageKey]) -> list[StoredMessage]:
         rows = await self._pool.fetch(
             f"""SELECT {MESSAGE_COLUMNS} FROM amem_messages
-                WHERE tenant_id = $1 AND session_id = $2 AND message_id = ANY($3::text[])
-                ORDER BY pos_ms, pos_seq""",
+                WHERE tenant_id = $1 AND (session_id, message_id) IN
+                      (SELECT * FROM unnest($2::text[], $3::text[]))
+                ORDER BY pos_ms, pos_seq, session_id""",
             tenant_id,
-            session_id,
-            list(message_ids),
+            [s for s, _ in keys],
+            [m for _, m in keys],
         )
         return [_stored(r) for r in rows]
 
-    async def outline(self, tenant_id: str, session_id: str, *, limit: int) -> list[Turn]:
+    async def around(
+        self, tenant_id: str, keys: Sequence[MessageKey], *, radius: int
+    ) -> dict[MessageKey, list[Turn]]:
         rows = await self._pool.fetch(
-            """SELECT message_id, role, name, pos_ms, pos_seq FROM amem_messages
-               WHERE tenant_id = $1 AND session_id = $2
-               ORDER BY pos_ms DESC, pos_seq DESC LIMIT $3""",
+            f"""WITH anchor AS (
+                    SELECT m.session_id, m.message_id AS anchor, m.pos_ms, m.pos_seq
+                    FROM amem_messages m
+                    WHERE m.tenant_id = $1 AND (m.session_id, m.message_id) IN
+                          (SELECT * FROM unnest($2::text[], $3::text[])))
+                SELECT a.anchor, {_NEAR_COLUMNS} FROM anchor a CROSS JOIN LATERAL (
+                    (SELECT {TURN_COLUMNS} FROM amem_messages b
+                     WHERE b.tenant_id = $1 AND b.session_id = a.session_id
+                       AND (b.pos_ms, b.pos_seq) < (a.pos_ms, a.pos_seq)
+                     ORDER BY b.pos_ms DESC, b.pos_seq DESC LIMIT $4)
+                    UNION ALL
+                    (SELECT {TURN_COLUMNS} FROM amem_messages b
+                     WHERE b.tenant_id = $1 AND b.session_id = a.session_id
+                       AND (b.pos_ms, b.pos_seq) >= (a.pos_ms, a.pos_seq)
+                     ORDER BY b.pos_ms, b.pos_seq LIMIT $4 + 1)) n
+                ORDER BY a.anchor, n.pos_ms, n.pos_seq""",
             tenant_id,
-            session_id,
-            limit,
+            [s for s, _ in keys],
+            [m for _, m in keys],
+            radius,
         )
-        return [
-            Turn(message_id=r[0], role=r[1], name=r[2], position=Position(r[3], r[4]))
-            for r in reversed(rows)
-        ]
+        windows: dict[MessageKey, list[Turn]] = {}
+        for r in rows:
+            windows.setdefault((r["session_id"], r["anchor"]), []).append(_turn(r))
+        return windows
 
-    async def lexical(
-        self, tenant_id: str, session_id: str, query: str, *, limit: int
-    ) -> list[Hit]:
-        words = [w for w in _WORD.findall(query) if w.lower() != "or"]
-        if not words:
+    async def lexical(self, tenant_id: str, query: str, *, limit: int, scope: Scope) -> list[Hit]:
+        text = _search_text(query)
+        if not text:
             return []
+        where, args = scope_sql(scope, [tenant_id, text, float(self.bm25_k1), float(self.bm25_b)])
         # Any query word matches (websearch syntax: "a or b"); BM25 over the english
-        # lexemes, with document frequencies and lengths taken within the session.
+        # lexemes, with document frequencies and lengths taken within the scope. The
+        # parameters are cast: untyped, Postgres reads them as integers (k1 1, b 0).
         rows = await self._pool.fetch(
-            """WITH q AS (SELECT websearch_to_tsquery('english', $3) AS query),
-            terms AS (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $3))),
+            f"""WITH q AS (SELECT websearch_to_tsquery('english', $2) AS query),
+            terms AS (SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $2))),
+            scoped AS (SELECT session_id, message_id, tsv FROM amem_messages
+                       WHERE tenant_id = $1 AND {where}),
             corpus AS (SELECT count(*)::float8 AS n,
-                              coalesce(avg(length(tsv)), 1)::float8 AS avgdl
-                       FROM amem_messages WHERE tenant_id = $1 AND session_id = $2),
-            matched AS (SELECT m.message_id, m.tsv FROM amem_messages m, q
-                        WHERE m.tenant_id = $1 AND m.session_id = $2 AND m.tsv @@ q.query),
-            tf AS (SELECT m.message_id, u.lexeme,
+                              coalesce(avg(length(tsv)), 1)::float8 AS avgdl FROM scoped),
+            matched AS (SELECT m.session_id, m.message_id, m.tsv FROM scoped m, q
+                        WHERE m.tsv @@ q.query),
+            tf AS (SELECT m.session_id, m.message_id, u.lexeme,
                           coalesce(array_length(u.positions, 1), 1)::float8 AS tf,
                           length(m.tsv)::float8 AS dl
                    FROM matched m, unnest(m.tsv) u
                    WHERE u.lexeme IN (SELECT lexeme FROM terms)),
             df AS (SELECT lexeme, count(*)::float8 AS df FROM tf GROUP BY lexeme)
-            SELECT tf.message_id,
+            SELECT tf.session_id, tf.message_id,
                    sum(ln(1 + (c.n - df.df + 0.5) / (df.df + 0.5))
-                       * tf.tf * ($4 + 1)
-                       / (tf.tf + $4 * (1 - $5 + $5 * tf.dl / greatest(c.avgdl, 1)))) AS score
+                       * tf.tf * ($3::float8 + 1)
+                       / (tf.tf + $3::float8
+                          * (1 - $4::float8 + $4::float8 * tf.dl / greatest(c.avgdl, 1))))
+                   AS score
             FROM tf JOIN df USING (lexeme) CROSS JOIN corpus c
-            GROUP BY tf.message_id ORDER BY score DESC, tf.message_id LIMIT $6""",
-            tenant_id,
-            session_id,
-            " or ".join(words),
-            float(self.bm25_k1),
-            float(self.bm25_b),
-            limit,
+            GROUP BY tf.session_id, tf.message_id
+            ORDER BY score DESC, tf.session_id, tf.message_id LIMIT {int(limit)}""",
+            *args,
         )
-        return [Hit(session_id=session_id, message_id=r[0], score=float(r[1])) for r in rows]
+        return [Hit(session_id=r[0], message_id=r[1], score=float(r[2])) for r in rows]
+
+    async def analyse(self, query: str) -> list[str]:
+        text = _search_text(query)
+        if not text:
+            return []
+        terms = await self._pool.fetchval(
+            "SELECT array(SELECT DISTINCT lexeme FROM unnest(to_tsvector('english', $1)))", text
+        )
+        return list(terms)
+
+    async def scan(
+        self, tenant_id: str, *, scope: Scope, after: Position | None = None
+    ) -> list[IndexedTurn]:
+        where, args = scope_sql(scope, [tenant_id])
+        since, args = after_sql(after, args)
+        rows = await self._pool.fetch(
+            f"""SELECT {MESSAGE_COLUMNS},
+                       array(SELECT u.lexeme FROM unnest(tsv) u) AS lexemes,
+                       array(SELECT coalesce(array_length(u.positions, 1), 1)
+                             FROM unnest(tsv) u) AS counts
+                FROM amem_messages WHERE tenant_id = $1 AND {where} AND {since}""",
+            *args,
+        )
+        return [
+            IndexedTurn(stored=_stored(r), terms=dict(zip(r["lexemes"], r["counts"], strict=True)))
+            for r in rows
+        ]
 
 
 def message_columns(messages: Sequence[Record]) -> list[list[Any]]:
@@ -420,6 +515,7 @@ def message_columns(messages: Sequence[Record]) -> list[list[Any]]:
         [m.name for m in ms],
         [m.parent_id for m in ms],
         [m.agent_id for m in ms],
+        [m.user_id for m in ms],
         [m.content for m in ms],
         [m.created_at for m in ms],
         [orjson.dumps(m.metadata).decode() for m in ms],
@@ -427,6 +523,25 @@ def message_columns(messages: Sequence[Record]) -> list[list[Any]]:
 
 
 _WORD = re.compile(r"\w+")
+
+TURN_COLUMNS = "session_id, message_id, role, name, pos_ms, pos_seq, created_at"
+_NEAR_COLUMNS = ", ".join(f"n.{c}" for c in TURN_COLUMNS.split(", "))
+
+
+def _search_text(query: str) -> str:
+    """The query as full-text search reads it: its words, any of which may match."""
+    return " or ".join(w for w in _WORD.findall(query) if w.lower() != "or")
+
+
+def _turn(row: Any) -> Turn:
+    return Turn(
+        session_id=row["session_id"],
+        message_id=row["message_id"],
+        role=row["role"],
+        name=row["name"],
+        position=Position(row["pos_ms"], row["pos_seq"]),
+        created_at=row["created_at"],
+    )
 
 
 def _stored(row: Any) -> StoredMessage:
@@ -439,6 +554,7 @@ def _stored(row: Any) -> StoredMessage:
             name=row["name"],
             parent_id=row["parent_id"],
             agent_id=row["agent_id"],
+            user_id=row["user_id"],
             content=row["content"],
             created_at=row["created_at"],
             metadata=orjson.loads(row["metadata"]),

@@ -10,9 +10,12 @@ path, and read through that worker (or use a server) when several processes need
 Layout:
 
 - ``<collection>``: one point per message, id :func:`message_uuid`, cosine distance, payload
-  ``tenant_id, session_id, message_id, pos_ms, pos_seq, content_hash, role, created_at``
-  (ISO 8601), ``tokens, model``. On a server, ``tenant_id`` has a keyword index marked
-  ``is_tenant`` and ``session_id`` a keyword index; local mode has no payload indexes.
+  ``tenant_id, session_id, message_id, user_id`` (null when the message names no user),
+  ``pos_ms, pos_seq, content_hash, role, created_at`` (ISO 8601), ``tokens, model``. On a
+  server, ``tenant_id`` has a keyword index marked ``is_tenant``, ``session_id`` and
+  ``user_id`` keyword indexes; local mode has no payload indexes. A :class:`Scope` is one
+  condition of the query's filter, beside the tenant's: a session or user match, or for
+  both a nested filter whose ``should`` holds the two.
 - ``<collection>_erasures``: erase tombstones without vectors, one point per erase event
   (id :func:`erasure_uuid`, payload ``tenant_id, session_id, pos_ms, pos_seq``). Readers
   take the furthest, so writing one is a blind upsert that no concurrent writer can
@@ -35,7 +38,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from projectors.errors import ApplyError, StoreUnavailableError
 from projectors.position import Position
 from projectors.records import Digest, Record, SessionKey
-from projectors.store import Hit, TombstoneProjection, VectorStore
+from projectors.store import WHOLE_TENANT, Hit, Scope, TombstoneProjection, VectorStore
 from projectors.stores.point_ids import erasure_uuid, message_uuid
 from schemas.errors import ConfigurationError
 
@@ -118,6 +121,10 @@ class QdrantVectorStore(TombstoneProjection, VectorStore):
         for name in (self.collection, self.erasures):
             await client.create_payload_index(name, "tenant_id", tenant_index)
             await client.create_payload_index(name, "session_id", models.PayloadSchemaType.KEYWORD)
+        # Made on every start, so a collection from before user scopes gets it too.
+        await client.create_payload_index(
+            self.collection, "user_id", models.PayloadSchemaType.KEYWORD
+        )
 
     async def _create_collection(
         self, name: str, vectors: models.VectorParams | dict[str, models.VectorParams]
@@ -164,6 +171,7 @@ class QdrantVectorStore(TombstoneProjection, VectorStore):
                 "tenant_id": msg.tenant_id,
                 "session_id": msg.session_id,
                 "message_id": msg.id,
+                "user_id": msg.user_id,
                 "pos_ms": record.position.ms,
                 "pos_seq": record.position.seq,
                 "content_hash": record.content_hash,
@@ -240,13 +248,11 @@ class QdrantVectorStore(TombstoneProjection, VectorStore):
         vector: Sequence[float],
         *,
         limit: int = 10,
-        session_id: str | None = None,
+        scope: Scope = WHOLE_TENANT,
     ) -> list[Hit]:
         if limit < 1:
             return []
-        must: list[models.Condition] = [_match("tenant_id", tenant_id)]
-        if session_id is not None:
-            must.append(_match("session_id", session_id))
+        must: list[models.Condition] = [_match("tenant_id", tenant_id), *_scope(scope)]
         with _unavailable():
             response = await self._require().query_points(
                 self.collection,
@@ -297,6 +303,18 @@ def _match(key: str, value: str | int) -> models.FieldCondition:
 
 def _session(tenant_id: str, session_id: str) -> list[models.Condition]:
     return [_match("tenant_id", tenant_id), _match("session_id", session_id)]
+
+
+def _scope(scope: Scope) -> list[models.Condition]:
+    """The scope as conditions to add to the tenant's under ``must`` (none: the whole tenant)."""
+    either: list[models.Condition] = []
+    if scope.session_id is not None:
+        either.append(_match("session_id", scope.session_id))
+    if scope.user_id is not None:
+        either.append(_match("user_id", scope.user_id))
+    if len(either) < 2:
+        return either
+    return [models.Filter(should=either)]
 
 
 def _upto(position: Position, *, inclusive: bool) -> models.Filter:

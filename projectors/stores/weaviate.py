@@ -10,8 +10,12 @@ so one tenant's query can never reach another tenant's objects. Reads also filte
 
 - ``<collection>`` (default ``AmemMessage``): one object per message, uuid
   :func:`message_uuid` (the same ids as Qdrant's points), a self-provided vector in an HNSW
-  index with cosine distance, and properties ``tenant_id, session_id, message_id, pos_ms,
-  pos_seq, content_hash, role, created_at, tokens, model``.
+  index with cosine distance, and properties ``tenant_id, session_id, message_id, user_id``
+  (absent when the message names no user), ``pos_ms, pos_seq, content_hash, role,
+  created_at, tokens, model``. ``start`` adds a property the definitions have and an
+  existing collection lacks (``user_id`` on a collection from before user scopes) before
+  anything is written: Weaviate's auto-schema would otherwise add it on the first insert
+  with word tokenization, under which ``user_id`` filters would match parts of ids.
 - ``<collection>Erasure``: erase tombstones without vectors, one object per erase event
   (uuid :func:`erasure_uuid`). Readers take the furthest. Writing one also deletes the
   session's tombstones from before it, as for Qdrant. A worker creates a tenant's shard
@@ -48,7 +52,7 @@ from weaviate.exceptions import WeaviateBaseError
 from projectors.errors import ApplyError, ProjectorError, StoreUnavailableError
 from projectors.position import Position
 from projectors.records import Digest, Record, SessionKey
-from projectors.store import Hit, TombstoneProjection, VectorStore
+from projectors.store import WHOLE_TENANT, Hit, Scope, TombstoneProjection, VectorStore
 from projectors.stores.point_ids import erasure_uuid, message_uuid
 from projectors.stores.weaviate_support import (
     ERASURE_PROPERTIES,
@@ -56,6 +60,7 @@ from projectors.stores.weaviate_support import (
     MULTI_TENANCY,
     UNREACHABLE,
     VECTOR,
+    scope_filter,
     sessions_upto,
     tenant_filter,
     tenant_name,
@@ -148,6 +153,7 @@ class WeaviateVectorStore(TombstoneProjection, VectorStore):
     ) -> None:
         collections = self._require().collections
         if await collections.exists(name):
+            await self._add_missing_properties(name, properties)
             return
         try:
             await collections.create(
@@ -160,6 +166,21 @@ class WeaviateVectorStore(TombstoneProjection, VectorStore):
             if not await collections.exists(name):
                 raise
             # Another worker created it between our check and our create.
+
+    async def _add_missing_properties(self, name: str, properties: list[Property]) -> None:
+        """Add to an existing collection the properties it was made without."""
+        config = self._require().collections.use(name).config
+        held = {p.name for p in (await config.get(simple=True)).properties}
+        for prop in properties:
+            if prop.name in held:
+                continue
+            try:
+                await config.add_property(prop)
+            except WeaviateBaseError:
+                latest = {p.name for p in (await config.get(simple=True)).properties}
+                if prop.name not in latest:
+                    raise
+                # Another worker added it between our check and our add.
 
     def _require(self) -> weaviate.WeaviateAsyncClient:
         if self._client is None:
@@ -367,13 +388,11 @@ class WeaviateVectorStore(TombstoneProjection, VectorStore):
         vector: Sequence[float],
         *,
         limit: int = 10,
-        session_id: str | None = None,
+        scope: Scope = WHOLE_TENANT,
     ) -> list[Hit]:
         if limit < 1:
             return []
-        which = tenant_filter(tenant_id)
-        if session_id is not None:
-            which = which & Filter.by_property("session_id").equal(session_id)
+        which = scope_filter(tenant_id, scope)
         with unavailable():
             result = await self._in_tenant(
                 self._messages(),
@@ -409,11 +428,15 @@ def _message_object(record: Record) -> DataObject[Any, None]:
     enrichment = record.enrichment
     if enrichment is None:
         raise ApplyError(f"weaviate applies enriched records only; message {msg.id!r} has none")
+    # No user: no user_id at all (an insert replaces the whole object, so a later copy of
+    # the message without one drops it too).
+    user = {} if msg.user_id is None else {"user_id": msg.user_id}
     return DataObject(
         properties={
             "tenant_id": msg.tenant_id,
             "session_id": msg.session_id,
             "message_id": msg.id,
+            **user,
             "pos_ms": record.position.ms,
             "pos_seq": record.position.seq,
             "content_hash": record.content_hash,

@@ -35,6 +35,7 @@ from weaviate.exceptions import (
 
 from projectors.errors import StoreUnavailableError
 from projectors.position import Position
+from projectors.store import Scope
 
 VECTOR = "embedding"
 """Name of the one vector of a message (named, so that no call relies on a default vector)."""
@@ -59,6 +60,7 @@ MESSAGE_PROPERTIES = [
     _text("tenant_id"),
     _text("session_id"),
     _text("message_id"),
+    _text("user_id"),  # absent when the message names no user
     _int("pos_ms"),
     _int("pos_seq"),
     _text("content_hash", filterable=False),
@@ -108,6 +110,18 @@ _TENANT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 
 def tenant_filter(tenant_id: str) -> FilterReturn:
     return Filter.by_property("tenant_id").equal(tenant_id)
+
+
+def scope_filter(tenant_id: str, scope: Scope) -> FilterReturn:
+    """The tenant and the scope: its session's or its user's objects, or both (the union)."""
+    either = []
+    if scope.session_id is not None:
+        either.append(Filter.by_property("session_id").equal(scope.session_id))
+    if scope.user_id is not None:
+        either.append(Filter.by_property("user_id").equal(scope.user_id))
+    if not either:
+        return tenant_filter(tenant_id)
+    return tenant_filter(tenant_id) & (either[0] if len(either) == 1 else either[0] | either[1])
 
 
 def upto(position: Position, inclusive: bool) -> FilterReturn:

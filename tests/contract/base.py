@@ -12,12 +12,21 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from projectors.records import Record
-from projectors.store import GraphStore, HistoryStore, Projection, ProjectionStore, VectorStore
+from projectors.store import (
+    WHOLE_TENANT,
+    GraphStore,
+    HistoryStore,
+    Projection,
+    ProjectionStore,
+    Scope,
+    VectorStore,
+)
 from schemas.digest import content_hash
 from tests.records import conversation, erase, fake_vector, message
 
@@ -149,37 +158,47 @@ class ProjectionStoreContract(ProjectionContract):
 
 class HistoryStoreContract(ProjectionContract):
     async def observe(self, store: Any, tenant: str, sessions: Sequence[str]) -> object:
+        scanned = await store.scan(tenant, scope=WHOLE_TENANT)
         return (
             await store.digest(tenant),
             [[m.message for m in await store.recent(tenant, s, limit=100)] for s in sessions],
-            [await store.outline(tenant, s, limit=100) for s in sessions],
+            sorted((t.turn.key, t.turn.position, sorted(t.terms.items())) for t in scanned),
         )
 
-    async def test_recent_and_outline_are_the_latest_turns_in_log_order(
-        self, store: HistoryStore
-    ) -> None:
+    async def test_recent_is_the_latest_turns_in_log_order(self, store: HistoryStore) -> None:
         records = conversation("t1", "s1", 6)
         await store.apply(list(reversed(records)))
         recent = await store.recent("t1", "s1", limit=3)
         assert [m.message.id for m in recent] == ["m3", "m4", "m5"]
         assert [m.position for m in recent] == [r.position for r in records[3:]]
         assert recent[0].message == records[3].message.message
-        outline = await store.outline("t1", "s1", limit=4)
-        assert [(t.message_id, t.name, t.role) for t in outline] == [
-            ("m2", "Alice", "user"),
-            ("m3", "Bob", "assistant"),
-            ("m4", "Alice", "user"),
-            ("m5", "Bob", "assistant"),
-        ]
         assert await store.recent("t2", "s1", limit=3) == []
 
-    async def test_messages_by_id_in_log_order_unknown_ids_left_out(
+    async def test_around_gives_each_turns_window_in_its_session(self, store: HistoryStore) -> None:
+        await store.apply(conversation("t1", "s1", 8) + conversation("t1", "s2", 3))
+        await store.apply(conversation("t2", "s1", 8))
+        windows = await store.around(
+            "t1", [("s1", "m1"), ("s1", "m7"), ("s2", "m0"), ("s1", "nope")], radius=2
+        )
+        assert {k: [t.key for t in w] for k, w in windows.items()} == {
+            ("s1", "m1"): [("s1", "m0"), ("s1", "m1"), ("s1", "m2"), ("s1", "m3")],
+            ("s1", "m7"): [("s1", "m5"), ("s1", "m6"), ("s1", "m7")],
+            ("s2", "m0"): [("s2", "m0"), ("s2", "m1"), ("s2", "m2")],
+        }
+        first = windows[("s1", "m1")][1]
+        assert (first.role, first.name, first.session_id) == ("assistant", "Bob", "s1")
+        assert first.created_at == conversation("t1", "s1", 2)[1].message.message.created_at
+        assert await store.around("t3", [("s1", "m1")], radius=2) == {}
+
+    async def test_messages_by_key_in_log_order_unknown_keys_left_out(
         self, store: HistoryStore
     ) -> None:
-        await store.apply(conversation("t1", "s1", 6))
-        found = await store.messages("t1", "s1", ["m4", "nope", "m1"])
+        await store.apply(conversation("t1", "s1", 6) + conversation("t1", "s2", 2, start=10))
+        found = await store.messages("t1", [("s1", "m4"), ("s1", "nope"), ("s2", "m10")])
+        assert [m.message.id for m in found] == ["m4", "m10"]
+        found = await store.messages("t1", [("s1", "m4"), ("s1", "m1")])
         assert [m.message.id for m in found] == ["m1", "m4"]
-        assert await store.messages("t2", "s1", ["m1"]) == []
+        assert await store.messages("t2", [("s1", "m1")]) == []
 
     async def test_lexical_ranks_a_rare_word_first_within_the_tenant(
         self, store: HistoryStore
@@ -188,28 +207,76 @@ class HistoryStoreContract(ProjectionContract):
         for tenant in ("t1", "t2"):
             await store.apply([message(tenant, "s1", f"m{i}", t, i) for i, t in enumerate(texts)])
         await store.apply([message("t3", "s1", "x", "a lighthouse, a lighthouse", 9)])
-        hits = await store.lexical("t1", "s1", "Where is the lighthouse we walked to?", limit=10)
+        one = Scope(session_id="s1")
+        hits = await store.lexical(
+            "t1", "Where is the lighthouse we walked to?", limit=10, scope=one
+        )
         assert hits[0].message_id == "m1"  # the rarer word outweighs two common ones
         assert {h.message_id for h in hits} == {"m0", "m1", "m2"}
         assert all(h.session_id == "s1" and h.score > 0 for h in hits)
-        assert await store.lexical("t1", "s1", "nothing matches zebra", limit=10) == []
-        assert await store.lexical("t1", "s1", "  ?! or ", limit=10) == []
+        assert await store.lexical("t1", "nothing matches zebra", limit=10, scope=one) == []
+        assert await store.lexical("t1", "  ?! or ", limit=10, scope=one) == []
 
     async def test_lexical_matches_the_speaker_name(self, store: HistoryStore) -> None:
         await store.apply(conversation("t1", "s1", 4))
-        hits = await store.lexical("t1", "s1", "what did bob say", limit=10)
+        hits = await store.lexical("t1", "what did bob say", limit=10, scope=Scope(session_id="s1"))
         assert {h.message_id for h in hits} == {"m1", "m3"}
+
+    async def test_user_scope_reaches_the_users_sessions_and_nobody_elses(
+        self, store: HistoryStore
+    ) -> None:
+        await store.apply(conversation("t1", "a1", 3, user_id="ada"))
+        await store.apply(conversation("t1", "a2", 3, start=10, user_id="ada"))
+        await store.apply(conversation("t1", "b1", 3, start=20, user_id="bob"))
+        await store.apply(conversation("t1", "now", 2, start=30))  # no user yet
+        await store.apply(conversation("t2", "a1", 3, user_id="ada"))  # another tenant
+        query = "Alice Bob Paris Berlin Lisbon"
+        hits = await store.lexical(
+            "t1", query, limit=50, scope=Scope(session_id="now", user_id="ada")
+        )
+        assert {h.session_id for h in hits} == {"a1", "a2", "now"}
+        hits = await store.lexical("t1", query, limit=50, scope=Scope(user_id="ada"))
+        assert {h.session_id for h in hits} == {"a1", "a2"}
+        scanned = await store.scan("t1", scope=Scope(session_id="now", user_id="ada"))
+        assert {t.turn.session_id for t in scanned} == {"a1", "a2", "now"}
+        assert {t.stored.message.user_id for t in scanned} == {"ada", None}
+        assert {t.turn.session_id for t in await store.scan("t2", scope=Scope(user_id="bob"))} == (
+            set()
+        )
+
+    async def test_scan_gives_the_terms_full_text_matches_on(self, store: HistoryStore) -> None:
+        records = conversation("t1", "s1", 4)
+        await store.apply(records)
+        scanned = {
+            t.turn.message_id: t for t in await store.scan("t1", scope=Scope(session_id="s1"))
+        }
+        assert set(scanned) == {"m0", "m1", "m2", "m3"}
+        assert scanned["m1"].stored.message == records[1].message.message
+        assert scanned["m1"].stored.position == records[1].position
+        terms = await store.analyse("What did Bob say about Berlin?")
+        assert terms
+        hits = await store.lexical("t1", "What did Bob say about Berlin?", limit=10, scope=Scope())
+        matching = {k for k, t in scanned.items() if set(t.terms) & set(terms)}
+        assert {h.message_id for h in hits} == matching
+        later = await store.scan("t1", scope=Scope(session_id="s1"), after=records[1].position)
+        assert {t.turn.message_id for t in later} == {"m2", "m3"}
+        assert await store.analyse(" ?! or ") == []
 
     async def test_erased_messages_are_never_read(self, store: HistoryStore) -> None:
         await store.apply([*conversation("t1", "s1", 4), erase("t1", "s1", 50)])
         await store.apply(conversation("t1", "s1", 2, start=60))
+        one = Scope(session_id="s1")
         assert [m.message.id for m in await store.recent("t1", "s1", limit=10)] == ["m60", "m61"]
-        assert await store.messages("t1", "s1", ["m0", "m1"]) == []
-        assert await store.lexical("t1", "s1", "Berlin Paris", limit=10) != []
+        assert await store.messages("t1", [("s1", "m0"), ("s1", "m1")]) == []
+        assert await store.lexical("t1", "Berlin Paris", limit=10, scope=one) != []
         assert all(
             h.message_id in {"m60", "m61"}
-            for h in await store.lexical("t1", "s1", "Alice Bob Paris Berlin", limit=10)
+            for h in await store.lexical("t1", "Alice Bob Paris Berlin", limit=10, scope=one)
         )
+        assert {t.turn.message_id for t in await store.scan("t1", scope=one)} == {"m60", "m61"}
+        assert await store.erased_since("t1", None) == {"s1": erase("t1", "s1", 50).position}
+        assert await store.erased_since("t1", erase("t1", "s1", 50).position) == {}
+        assert await store.erased_since("t2", None) == {}
 
 
 class VectorStoreContract(ProjectionContract):
@@ -231,7 +298,7 @@ class VectorStoreContract(ProjectionContract):
         await store.apply(conversation("ta", "s1") + conversation("ta", "s2"))
         await store.apply(conversation("tb", "s1"))
         probe = fake_vector("Alice talks about Paris in turn 0")
-        only_s2 = await store.nearest("ta", probe, limit=50, session_id="s2")
+        only_s2 = await store.nearest("ta", probe, limit=50, scope=Scope(session_id="s2"))
         assert only_s2
         assert {h.session_id for h in only_s2} == {"s2"}
         tenant_b = await store.nearest("tb", probe, limit=50)
@@ -251,14 +318,80 @@ class VectorStoreContract(ProjectionContract):
         assert sorted(h.message_id for h in hits) == ["m0", "m1", "m2"]
         assert {h.session_id for h in hits} == {"s1"}
 
+    async def test_user_scope_reaches_the_users_sessions_and_nobody_elses(
+        self, store: VectorStore
+    ) -> None:
+        await store.apply(conversation("t1", "a1", 3, user_id="ada"))
+        await store.apply(conversation("t1", "a2", 3, start=10, user_id="ada"))
+        await store.apply(conversation("t1", "b1", 3, start=20, user_id="bob"))
+        await store.apply(conversation("t1", "now", 2, start=30))  # no user yet
+        await store.apply(conversation("t2", "a1", 3, start=40, user_id="ada"))  # another tenant
+        probe = fake_vector("Alice talks about Paris in turn 0")
+
+        async def found(tenant: str, scope: Scope) -> set[tuple[str, str]]:
+            return {h.key for h in await store.nearest(tenant, probe, limit=50, scope=scope)}
+
+        ada = {("a1", "m0"), ("a1", "m1"), ("a1", "m2"), ("a2", "m10"), ("a2", "m11")}
+        ada |= {("a2", "m12")}
+        now = {("now", "m30"), ("now", "m31")}
+        bob = {("b1", "m20"), ("b1", "m21"), ("b1", "m22")}
+        assert await found("t1", Scope(user_id="ada")) == ada
+        assert await found("t1", Scope(session_id="now", user_id="ada")) == ada | now
+        assert await found("t1", Scope(session_id="b1", user_id="ada")) == ada | bob
+        assert await found("t1", Scope(user_id="bob")) == bob
+        assert await found("t1", Scope(session_id="now")) == now
+        assert await found("t1", WHOLE_TENANT) == ada | now | bob
+        assert await found("t1", Scope(user_id="eve")) == set()
+        assert await found("t2", Scope(session_id="now", user_id="ada")) == {
+            ("a1", "m40"),
+            ("a1", "m41"),
+            ("a1", "m42"),
+        }
+        assert await found("t3", Scope(user_id="ada")) == set()
+
+    async def test_the_scope_filter_is_inside_the_query_not_applied_after_it(
+        self, store: VectorStore
+    ) -> None:
+        # Exact matches of the probe crowd the tenant outside the scope (another user's
+        # session, a session without a user, the same user and session in another tenant);
+        # the scope holds a few distant texts: a store that took the top k and filtered
+        # afterwards would return the scope little or nothing.
+        probe_text = "Alice talks about Paris in turn 0"
+        crowd = [
+            *(message("t1", "b1", f"b{i}", probe_text, i, user_id="bob") for i in range(30)),
+            *(message("t1", "x1", f"x{i}", probe_text, 40 + i) for i in range(30)),
+            *(message("t2", "now", f"y{i}", probe_text, 80 + i, user_id="ada") for i in range(30)),
+        ]
+        few = [
+            message("t1", "a1", "a0", "unrelated text number 0", 200, user_id="ada"),
+            message("t1", "a2", "a1", "unrelated text number 1", 201, user_id="ada"),
+            message("t1", "now", "n0", "unrelated text number 2", 202),
+        ]
+        await store.apply(crowd + few)
+        probe = fake_vector(probe_text)
+        union = Scope(session_id="now", user_id="ada")
+        hits = await store.nearest("t1", probe, limit=3, scope=union)
+        assert sorted(h.key for h in hits) == [("a1", "a0"), ("a2", "a1"), ("now", "n0")]
+        hits = await store.nearest("t1", probe, limit=2, scope=Scope(user_id="ada"))
+        assert sorted(h.key for h in hits) == [("a1", "a0"), ("a2", "a1")]
+        hits = await store.nearest("t1", probe, limit=1, scope=Scope(session_id="now"))
+        assert [h.key for h in hits] == [("now", "n0")]
+
 
 class GraphStoreContract(ProjectionContract):
     async def observe(self, store: Any, tenant: str, sessions: Sequence[str]) -> object:
         views = []
         for s in sessions:
-            hits = await store.neighbours(tenant, s, ["m1", "m4"])
-            views.append((await store.entities(tenant, s), sorted(h.message_id for h in hits)))
-        return (await store.digest(tenant), views)
+            seeds = [(s, "m1"), (s, "m4")]
+            hits = await store.neighbours(tenant, seeds, scope=Scope(session_id=s))
+            views.append((await store.entities(tenant, s), sorted(h.key for h in hits)))
+        seeds = [(s, m) for s in sessions for m in ("m1", "m4")]
+        everywhere = await store.neighbours(tenant, seeds, scope=WHOLE_TENANT)
+        return (
+            await store.digest(tenant),
+            views,
+            sorted((h.key, h.score) for h in everywhere),
+        )
 
     async def test_neighbours_follow_turns_replies_and_shared_entities(
         self, store: GraphStore
@@ -272,11 +405,65 @@ class GraphStoreContract(ProjectionContract):
             message("t1", "s1", "f", "sixth", 5, parent_id="b"),
         ]
         await store.apply(records)
-        by_id = {h.message_id: h for h in await store.neighbours("t1", "s1", ["a"])}
+        s1 = Scope(session_id="s1")
+        by_id = {h.message_id: h for h in await store.neighbours("t1", [("s1", "a")], scope=s1)}
         # b: next turn and a reply to a; e: shares Paris. c..d, f: not adjacent to a.
         assert set(by_id) == {"b", "e"}
         assert by_id["b"].score > by_id["e"].score
-        assert {h.message_id for h in await store.neighbours("t1", "s1", ["f"])} == {"b", "e"}
+        assert all(h.session_id == "s1" for h in by_id.values())
+        hits = await store.neighbours("t1", [("s1", "f")], scope=s1)
+        assert {h.message_id for h in hits} == {"b", "e"}
+        assert await store.neighbours("t1", [("s1", "a")], scope=Scope(session_id="s2")) == []
+        assert await store.neighbours("t1", [("s2", "a")], scope=s1) == []
+        assert await store.neighbours("t1", [], scope=s1) == []
+
+    async def test_user_scope_reaches_the_users_sessions_and_nobody_elses(
+        self, store: GraphStore
+    ) -> None:
+        paris = ("Paris",)
+        await store.apply(
+            [
+                # Ada's earlier sessions: a1 and a2 (a2 reuses the id "a").
+                message("t1", "a1", "a", "first", 0, entities=paris, user_id="ada"),
+                message("t1", "a1", "b", "second", 1, parent_id="a", user_id="ada"),
+                message("t1", "a2", "a", "third", 10, entities=paris, user_id="ada"),
+                message("t1", "a2", "c", "fourth", 11, user_id="ada"),
+                # Bob's session, and the current one, which names no user yet.
+                message("t1", "b1", "e", "fifth", 20, entities=paris, user_id="bob"),
+                message("t1", "now", "f", "sixth", 30, entities=paris),
+                message("t1", "now", "g", "seventh", 31),
+                # Another tenant: the same user, sessions and entity.
+                message("t2", "a1", "z1", "eighth", 40, entities=paris, user_id="ada"),
+                message("t2", "now", "z2", "ninth", 41, entities=paris, user_id="ada"),
+            ]
+        )
+
+        async def found(seeds: list[tuple[str, str]], scope: Scope) -> set[tuple[str, str]]:
+            return {h.key for h in await store.neighbours("t1", seeds, scope=scope)}
+
+        seed = [("now", "f")]
+        assert await found(seed, Scope(user_id="ada")) == {("a1", "a"), ("a2", "a")}
+        union = Scope(session_id="now", user_id="ada")
+        assert await found(seed, union) == {("a1", "a"), ("a2", "a"), ("now", "g")}
+        assert await found(seed, Scope(session_id="now")) == {("now", "g")}
+        assert await found(seed, Scope(user_id="bob")) == {("b1", "e")}
+        assert await found(seed, WHOLE_TENANT) == {
+            ("a1", "a"),
+            ("a2", "a"),
+            ("b1", "e"),
+            ("now", "g"),
+        }
+        # Seeds from several sessions; a seed is left out by its key, not its id alone; a
+        # reply or next turn outside the scope is left out too.
+        hits = await store.neighbours("t1", [("a1", "a"), ("now", "f")], scope=union)
+        scores = {h.key: h.score for h in hits}
+        # b: next to and reply to a1/a; a2/a: Paris with both seeds; g: next to f.
+        assert scores == {("a1", "b"): 2.0, ("a2", "a"): 2.0, ("now", "g"): 1.0}
+        assert await found([("a1", "a")], Scope(session_id="now")) == {("now", "f")}
+        assert await store.neighbours("t2", seed, scope=union) == []  # no such seed there
+        hits = await store.neighbours("t2", [("now", "z2")], scope=Scope(user_id="ada"))
+        assert [h.key for h in hits] == [("a1", "z1")]
+        assert await store.neighbours("t3", [("a1", "a")], scope=Scope(user_id="ada")) == []
 
     async def test_entities_are_counted_per_session_and_tenant(self, store: GraphStore) -> None:
         await store.apply(conversation("ta", "s1", 4) + conversation("tb", "s1", 2))
@@ -289,4 +476,40 @@ class GraphStoreContract(ProjectionContract):
             "Bob": 2,
         }
         assert await store.entities("tb", "s1") == {"Paris": 1, "Berlin": 1, "Alice": 1, "Bob": 1}
-        assert await store.neighbours("tc", "s1", ["m1"]) == []
+        assert await store.neighbours("tc", [("s1", "m1")], scope=Scope(session_id="s1")) == []
+
+
+class VectorSourceContract:
+    """A vector store's rows in bulk: what the rehydrator's in-memory copy is loaded from."""
+
+    async def test_vectors_of_a_scope_past_a_position(self, store: Any) -> None:
+        await store.apply(conversation("t1", "a1", 3, user_id="ada"))
+        await store.apply(conversation("t1", "now", 2, start=10))
+        await store.apply(conversation("t1", "b1", 2, start=20, user_id="bob"))
+        await store.apply(conversation("t2", "a1", 3, user_id="ada"))
+        got = await store.vectors("t1", scope=Scope(session_id="now", user_id="ada"))
+        assert sorted(got.keys) == [
+            ("a1", "m0"),
+            ("a1", "m1"),
+            ("a1", "m2"),
+            ("now", "m10"),
+            ("now", "m11"),
+        ]
+        assert got.vectors.dtype == np.float32
+        assert got.vectors.shape == (5, 384)
+        row = got.keys.index(("a1", "m1"))
+        expected = np.asarray(fake_vector("Bob talks about Berlin in turn 1"), np.float32)
+        assert np.allclose(got.vectors[row], expected, atol=1e-6)
+        assert got.positions[row] == conversation("t1", "a1", 3)[1].position
+        later = await store.vectors("t1", scope=Scope(user_id="ada"), after=got.positions[row])
+        assert later.keys == [("a1", "m2")]
+        nothing = await store.vectors("t3", scope=WHOLE_TENANT)
+        assert nothing.keys == []
+        assert len(nothing.vectors) == 0
+
+    async def test_erases_are_reported_after_a_position(self, store: Any) -> None:
+        await store.apply([*conversation("t1", "s1", 2), erase("t1", "s1", 50)])
+        at = erase("t1", "s1", 50).position
+        assert await store.erased_since("t1", None) == {"s1": at}
+        assert await store.erased_since("t1", at) == {}
+        assert (await store.vectors("t1", scope=Scope(session_id="s1"))).keys == []

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from projectors.store import GraphStore
+from projectors.store import GraphStore, Scope
 from projectors.stores.cypher import CypherGraphStore, Statement
 from projectors.stores.falkordb import FalkorDBGraphStore
 from stack.settings import Settings
@@ -110,13 +110,14 @@ class CypherGraphChecks:
                 message("t1", "s1", "d", "four", 3, entities=("Paris", "Rome")),
             ]
         )
-        scores = {h.message_id: h.score for h in await store.neighbours("t1", "s1", ["a", "c"])}
+        s1 = Scope(session_id="s1")
+        hits = await store.neighbours("t1", [("s1", "a"), ("s1", "c")], scope=s1)
+        scores = {h.message_id: h.score for h in hits}
         # b: next to a, reply to a, next to c. d: next to c, Paris twice, Rome once.
         assert scores == {"b": 3.0, "d": 4.0}
-        hits = await store.neighbours("t1", "s1", ["a", "c"])
         assert [h.message_id for h in hits] == ["d", "b"]
-        assert await store.neighbours("t1", "s2", ["a"]) == []
-        assert await store.neighbours("t1", "s1", []) == []
+        assert await store.neighbours("t1", [("s2", "a")], scope=s1) == []
+        assert await store.neighbours("t1", [], scope=s1) == []
 
     async def test_an_erase_drops_the_entities_only_the_session_mentioned(
         self, store: CypherGraphStore

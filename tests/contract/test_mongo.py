@@ -151,6 +151,32 @@ class TestMongoProjectionStore(ProjectionStoreContract):
         assert summary is not None
         assert summary.participants == {"assistant:Bob", "user:Alice"}
 
+    async def test_the_document_lists_its_users_in_any_order_and_after_an_erase(
+        self, store: MongoProjectionStore
+    ) -> None:
+        records = [
+            *conversation("t1", "s1", 2, user_id="ada"),
+            message("t1", "s1", "x", "no user", 5),
+            message("t1", "s1", "y", "later", 60, user_id="bob@example.com"),
+        ]
+        views = []
+        for order in (records, list(reversed(records))):
+            await store.reset()
+            for record in order:
+                await store.apply([record])
+            doc = await store._sessions.find_one({"_id": session_key("t1", "s1")})
+            assert doc is not None
+            views.append(sorted(doc["users"]))  # a set, held in arrival order
+            await store.apply([erase("t1", "s1", 50)])
+            doc = await store._sessions.find_one({"_id": session_key("t1", "s1")})
+            assert doc is not None
+            views.append(sorted(doc["users"]))
+        assert views == [["ada", "bob@example.com"], ["bob@example.com"]] * 2
+        await store.apply(conversation("t1", "s2", 2))
+        doc = await store._sessions.find_one({"_id": session_key("t1", "s2")})
+        assert doc is not None
+        assert doc["users"] == []
+
     async def test_count_sums_every_tenant(self, store: MongoProjectionStore) -> None:
         await store.apply(conversation("ta", "s1", 3) + conversation("tb", "s1", 2))
         await store.apply(conversation("ta", "s2", 4))
@@ -177,9 +203,12 @@ def test_session_keys_are_distinct_for_distinct_sessions(a: str, b: str, c: str,
     st.binary(min_size=32, max_size=32),
     st.datetimes(timezones=st.just(UTC)),
     st.text(),
+    st.none() | st.from_regex(r"[A-Za-z0-9._:@/-]{1,128}", fullmatch=True),
 )
 def test_an_entry_reads_back_as_written(
-    ms: int, seq: int, digest: bytes, at: datetime, who: str
+    ms: int, seq: int, digest: bytes, at: datetime, who: str, user: str | None
 ) -> None:
-    entry = Entry(Position(ms, seq), digest.hex(), at, who)
+    entry = Entry(Position(ms, seq), digest.hex(), at, who, user)
     assert Entry.parse(entry.text()) == entry
+    if user is None:  # as entries were before messages named users
+        assert entry.text().split(" ")[2].lstrip("-").isdigit()

@@ -12,6 +12,7 @@ from stack.settings import Settings
 from tests.contract.base import (
     HistoryStoreContract,
     ProjectionStoreContract,
+    VectorSourceContract,
     VectorStoreContract,
     emptied,
 )
@@ -56,7 +57,7 @@ class TestPostgresProjectionStore(ProjectionStoreContract, HistoryStoreContract)
         assert [r[0] for r in rows] == ["session.erased"]
 
 
-class TestPgvectorVectorStore(VectorStoreContract):
+class TestPgvectorVectorStore(VectorStoreContract, VectorSourceContract):
     @pytest.fixture
     def store(self, pgvector_store: PgvectorVectorStore) -> PgvectorVectorStore:
         return pgvector_store

@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator
 
 import pytest
+from qdrant_client import models
 
 from projectors.errors import ApplyError
 from projectors.position import Position
@@ -85,6 +86,13 @@ class TestQdrantServer(QdrantChecks):
     @pytest.fixture
     def store(self, qdrant_server: QdrantVectorStore) -> QdrantVectorStore:
         return qdrant_server
+
+    async def test_the_filtered_fields_have_keyword_indexes(self, store: QdrantVectorStore) -> None:
+        assert store._client is not None
+        await store.start()  # idempotent: a collection made before user scopes gains user_id
+        schema = (await store._client.get_collection(store.collection)).payload_schema
+        for field in ("tenant_id", "session_id", "user_id"):
+            assert schema[field].data_type == models.PayloadSchemaType.KEYWORD
 
 
 @pytest.mark.parametrize(

@@ -9,8 +9,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import AsyncIterator
+from typing import Any
 
+import httpx
 import pytest
+import weaviate
+from google.protobuf.json_format import MessageToDict  # type: ignore[import-untyped]
 from grpc import StatusCode  # type: ignore[import-untyped]
 from grpc.aio import AioRpcError, Metadata  # type: ignore[import-untyped]
 from hypothesis import given
@@ -18,10 +22,13 @@ from hypothesis import strategies as st
 from weaviate.classes.config import Property
 from weaviate.collections.classes.config import _CollectionConfigCreate
 from weaviate.exceptions import WeaviateDeleteManyError
+from weaviate.proto.v1 import search_get_pb2
+from weaviate.util import _ServerVersion
 
 from projectors.errors import StoreUnavailableError
 from projectors.position import Position
-from projectors.stores.weaviate import WeaviateVectorStore
+from projectors.store import WHOLE_TENANT, Scope
+from projectors.stores.weaviate import WeaviateVectorStore, _message_object
 from projectors.stores.weaviate_support import (
     ERASURE_PROPERTIES,
     MESSAGE_PROPERTIES,
@@ -32,7 +39,7 @@ from projectors.stores.weaviate_support import (
 )
 from schemas.errors import ConfigurationError
 from tests.contract.base import VectorStoreContract, emptied
-from tests.records import erase
+from tests.records import conversation, erase
 
 WEAVIATE_URL_VAR = "AMEM_TEST_WEAVIATE_URL"
 
@@ -104,6 +111,152 @@ def test_collection_definitions_pass_the_clients_validation(
     by_name = {p["name"]: p for p in config["properties"]}
     assert by_name["tenant_id"]["tokenization"] == "field"
     assert by_name["pos_ms"]["dataType"] == ["int"]
+    if indexed:
+        assert by_name["user_id"]["tokenization"] == "field"
+        assert by_name["user_id"]["indexFilterable"] is True
+
+
+def test_a_message_object_names_its_user_only_when_it_has_one() -> None:
+    [with_user] = conversation("t1", "s1", 1, user_id="ada@example.com")
+    [without] = conversation("t1", "s1", 1)
+    assert _message_object(with_user).properties["user_id"] == "ada@example.com"
+    assert "user_id" not in _message_object(without).properties
+
+
+COMPOSE_WEAVIATE = _ServerVersion(1, 38, 2)
+"""The version compose.yaml runs: the client builds its requests for the server's version."""
+
+
+def offline_client() -> weaviate.WeaviateAsyncClient:
+    """A client never connected: each test stubs the transport calls it expects."""
+    client = weaviate.use_async_with_custom(
+        http_host="127.0.0.1",
+        http_port=9,
+        http_secure=False,
+        grpc_host="127.0.0.1",
+        grpc_port=10,
+        grpc_secure=False,
+        skip_init_checks=True,
+    )
+    client._connection._weaviate_version = COMPOSE_WEAVIATE
+    return client
+
+
+def _equal(prop: str, value: str) -> dict[str, Any]:
+    return {"operator": "OPERATOR_EQUAL", "valueText": value, "target": {"property": prop}}
+
+
+@pytest.mark.parametrize(
+    ("scope", "expected"),
+    [
+        (WHOLE_TENANT, _equal("tenant_id", "acme")),
+        (
+            Scope(session_id="now"),
+            {
+                "operator": "OPERATOR_AND",
+                "filters": [_equal("tenant_id", "acme"), _equal("session_id", "now")],
+            },
+        ),
+        (
+            Scope(user_id="ada"),
+            {
+                "operator": "OPERATOR_AND",
+                "filters": [_equal("tenant_id", "acme"), _equal("user_id", "ada")],
+            },
+        ),
+        (
+            Scope(session_id="now", user_id="ada"),
+            {
+                "operator": "OPERATOR_AND",
+                "filters": [
+                    _equal("tenant_id", "acme"),
+                    {
+                        "operator": "OPERATOR_OR",
+                        "filters": [_equal("session_id", "now"), _equal("user_id", "ada")],
+                    },
+                ],
+            },
+        ),
+    ],
+    ids=["tenant", "session", "user", "session-or-user"],
+)
+async def test_nearest_puts_the_tenant_and_scope_filter_in_the_search_request(
+    scope: Scope, expected: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The gRPC request ``nearest`` sends, as the client builds it, captured before the wire."""
+    client = offline_client()
+    sent: list[search_get_pb2.SearchRequest] = []
+
+    async def grpc_search(request: search_get_pb2.SearchRequest) -> search_get_pb2.SearchReply:
+        sent.append(request)
+        return search_get_pb2.SearchReply()
+
+    monkeypatch.setattr(client._connection, "grpc_search", grpc_search)
+    store = WeaviateVectorStore(url="http://127.0.0.1:9")
+    store._client = client
+    assert await store.nearest("acme", [0.5, 0.5], limit=3, scope=scope) == []
+    [request] = sent
+    assert (request.collection, request.tenant, request.limit) == ("AmemMessage", "acme", 3)
+    assert MessageToDict(request.filters) == expected
+
+
+def _as_served(prop: Property) -> dict[str, Any]:
+    """A property as Weaviate's schema endpoint describes it."""
+    mine = prop._to_dict()
+    fields = ("name", "dataType", "indexFilterable", "indexSearchable", "tokenization")
+    return {"indexFilterable": True, "indexSearchable": False} | {
+        k: mine[k] for k in fields if k in mine
+    }
+
+
+async def test_start_adds_user_id_to_a_collection_made_before_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Schema reads and writes stubbed: the old collection lacks user_id, start adds it once."""
+    schemas: dict[str, dict[str, Any]] = {
+        "AmemMessage": {
+            "class": "AmemMessage",
+            "properties": [_as_served(p) for p in MESSAGE_PROPERTIES if p.name != "user_id"],
+        },
+        "AmemMessageErasure": {
+            "class": "AmemMessageErasure",
+            "properties": [_as_served(p) for p in ERASURE_PROPERTIES],
+        },
+    }
+    added: list[tuple[str, dict[str, Any]]] = []
+
+    def answer(method: str, path: str, status: int, body: object = None) -> httpx.Response:
+        return httpx.Response(status, json=body, request=httpx.Request(method, f"http://x{path}"))
+
+    async def head(path: str, **_: Any) -> httpx.Response:
+        return answer("HEAD", path, 200 if path.split("/")[2] in schemas else 404)
+
+    async def get(path: str, **_: Any) -> httpx.Response:
+        return answer("GET", path, 200, schemas[path.split("/")[2]])
+
+    async def post(path: str, weaviate_object: dict[str, Any], **_: Any) -> httpx.Response:
+        name = path.split("/")[2]
+        added.append((name, weaviate_object))
+        schemas[name]["properties"].append(weaviate_object)
+        return answer("POST", path, 200, weaviate_object)
+
+    client = offline_client()
+    for name, stub in (("head", head), ("get", get), ("post", post)):
+        monkeypatch.setattr(client._connection, name, stub)
+    store = WeaviateVectorStore(url="http://127.0.0.1:9")
+    store._client = client
+    await store.start()
+    [(collection, prop)] = added
+    assert collection == "AmemMessage"
+    assert prop == {
+        "name": "user_id",
+        "dataType": ["text"],
+        "indexFilterable": True,
+        "indexSearchable": False,
+        "tokenization": "field",
+    }
+    await store.start()  # another worker, or a restart: nothing more to add
+    assert len(added) == 1
 
 
 def _delete_error(code: StatusCode) -> WeaviateDeleteManyError:

@@ -209,6 +209,41 @@ async def test_a_key_for_one_tenant_never_reaches_another_on_any_route(
         assert leak not in health.text
 
 
+async def test_a_user_scope_reaches_the_users_sessions_of_its_tenant_only(
+    client: httpx.AsyncClient,
+) -> None:
+    user = f"u-{new_session()}"
+    earlier, other_user, now = new_session(), new_session(), new_session()
+    for session, headers, who, text in [
+        (earlier, A, user, "My sister's name is Mia."),
+        (other_user, A, f"{user}-2", "My sister's name is Zoe."),
+        (earlier, B, user, "My sister's name is Ada."),  # same ids under another tenant
+    ]:
+        sent = await client.post(
+            f"/v1/sessions/{session}/messages", json=say(text, user_id=who), headers=headers
+        )
+        assert sent.status_code == 201, sent.text
+    asked = {"query": "What is my sister's name?", "scope": "user", "user_id": user, **SLOW}
+    context = await client.post(f"/v1/sessions/{now}/rehydrate", json=asked, headers=A)
+    assert context.status_code == 200, context.text
+    got = context.json()
+    assert (got["scope"], got["user_id"]) == ("user", user)
+    assert [(i["session_id"], i["content"], i["user_id"]) for i in got["items"]] == [
+        (earlier, "My sister's name is Mia.", user)
+    ]
+    assert "Zoe" not in context.text
+    assert "Ada" not in context.text
+    alone = await client.post(
+        f"/v1/sessions/{now}/rehydrate", json={**asked, "scope": "session"}, headers=A
+    )
+    assert alone.json()["items"] == []
+    nobody = await client.post(
+        f"/v1/sessions/{now}/rehydrate", json={"scope": "user", **SLOW}, headers=A
+    )
+    assert nobody.status_code == 422
+    assert nobody.json()["error"].startswith("user_id:")
+
+
 async def test_an_erase_hides_earlier_messages_at_once_and_later_ones_stay(
     client: httpx.AsyncClient,
 ) -> None:
@@ -416,11 +451,13 @@ def free_port() -> int:
         return port
 
 
-@pytest.fixture
-def server(stack_env: dict[str, str]) -> Iterator[tuple[subprocess.Popen[str], str]]:
+@pytest.fixture(params=[1, 2], ids=["one-process", "two-processes"])
+def server(
+    stack_env: dict[str, str], request: pytest.FixtureRequest
+) -> Iterator[tuple[subprocess.Popen[str], str]]:
     port = free_port()
     process = subprocess.Popen(
-        [*AMEM, "serve", "--port", str(port)],
+        [*AMEM, "serve", "--port", str(port), "--workers", str(request.param)],
         env=stack_env,
         stderr=subprocess.PIPE,
         stdout=subprocess.DEVNULL,

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import re
 from datetime import datetime
+from pathlib import Path
 
 import orjson
 import pytest
@@ -39,7 +41,9 @@ def _valid() -> dict[str, object]:
     [
         (lambda e: e.pop("type"), "type"),
         (lambda e: e.update(type="message.deleted"), "type"),
-        (lambda e: e.update(v=2), "v"),
+        (lambda e: e.update(v=3), "v"),
+        (lambda e: e["payload"].update(user_id="u-1"), "payload.user_id"),  # v1 has none
+        (lambda e: e.update(v=2) or e["payload"].update(user_id="has space"), "user_id"),
         (lambda e: e.update(v=True), "v"),
         (lambda e: e.pop("tenant_id"), "tenant_id"),
         (lambda e: e["payload"].pop("content"), "payload.content"),
@@ -62,3 +66,36 @@ def test_decode_names_the_bad_field(mutate: object, field: str) -> None:
 def test_decode_rejects_non_objects(raw: bytes) -> None:
     with pytest.raises(DecodeError):
         decode(raw)
+
+
+WIRE_DOC = Path(__file__).resolve().parents[2] / "docs" / "wire-format.md"
+_ENVELOPE = re.compile(r"^\| `(\{[^`]*\})` \| (\d) \| (none|`[^`]*`) \|$", re.MULTILINE)
+
+
+def published_envelopes() -> list[tuple[str, int, str | None]]:
+    found = _ENVELOPE.findall(WIRE_DOC.read_text())
+    return [(raw, int(v), None if user == "none" else user.strip("`")) for raw, v, user in found]
+
+
+def test_the_documentation_publishes_envelopes_of_each_version() -> None:
+    assert {v for _, v, _ in published_envelopes()} == {1, 2}
+
+
+@pytest.mark.parametrize(("raw", "version", "user_id"), published_envelopes())
+def test_published_envelopes(raw: str, version: int, user_id: str | None) -> None:
+    event = decode(raw)
+    assert isinstance(event, MessageAppended)
+    assert event.message.user_id == user_id
+    assert event.version == version
+    assert encode(event) == raw.encode()
+
+
+@given(events)
+def test_a_message_is_written_as_v2_exactly_when_it_names_a_user(event: Event) -> None:
+    envelope = orjson.loads(encode(event))
+    if isinstance(event, MessageAppended) and event.message.user_id is not None:
+        assert envelope["v"] == 2
+        assert envelope["payload"]["user_id"] == event.message.user_id
+    else:
+        assert envelope["v"] == 1
+        assert "user_id" not in envelope["payload"]

@@ -1,0 +1,501 @@
+"""A hot in-memory copy of a scope's turns, words and vectors, kept exact by the watermarks.
+
+At 50,000 turns Postgres needs about 60 ms for a BM25 query and pgvector about 18 ms for an
+exact scan of one session: more than a whole call may take. So the rehydrator keeps, per
+scope it serves, a copy of what those two stores hold of the scope, and answers the
+``dense`` and ``lexical`` top-K and the neighbour window from memory:
+
+- dense: one matrix-vector product over the scope's unit vectors (cosine = dot product);
+- lexical: Okapi BM25 over the history store's own terms (its english lexemes, read with
+  the rows), with its statistics over the scope: the same scores as its SQL;
+- neighbours: each session's turns in log order;
+- the recent window, the texts of the packed turns and the session's summary (the header):
+  the history store's rows themselves.
+
+**Exactness.** A copy is only used once it is shown current. Each call reads every
+projector's watermark on the scope's partitions (it does anyway, for read-your-writes);
+a copy records the watermarks it was built at, and everything at or before a watermark was
+applied (hence in the store) before that watermark was read. When a watermark has moved,
+the rows past the lowest recorded one and the erases past it are read from the store
+before the copy answers (a few rows, under live traffic); when one went backwards (a
+rebuild), the copy is dropped and loaded again. Rows the store applied past a watermark
+(a batch not yet acknowledged) may be in the copy early: the store would return them too.
+Messages past the history store's watermark come from the log tail, as without a copy.
+A copy that cannot be shown current is not used: the call reads the stores instead, or
+reports the tier degraded. Tenant isolation: a copy holds one tenant's scope, loaded
+through the store's tenant-filtered reads, and is looked up by tenant and scope.
+
+**Cost.** About 2.5 KB of memory a turn (the vector is 1.5 KB, the message and its terms
+the rest); loading costs about one second per 50,000 turns, in the background: until a
+copy is loaded, calls read the stores.
+Copies are kept for the scopes used last, up to ``max_rows`` turns in all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import logging
+import math
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from projectors.position import Position
+from projectors.store import (
+    HistoryStore,
+    Hit,
+    IndexedTurn,
+    MessageKey,
+    Scope,
+    SessionSummary,
+    StoredMessage,
+    StoredVectors,
+    Turn,
+    VectorSource,
+    participant,
+)
+
+Marks = Mapping[int, Position | None]
+"""Partition → a projector's watermark there."""
+
+_GROW = 1.5
+_COMPACT_SHARE = 0.5
+"""Rebuild a copy's arrays once this share of its rows is dead (erased or replaced)."""
+
+
+def _top(scores: npt.NDArray[np.float64], limit: int) -> npt.NDArray[np.intp]:
+    """Rows of the ``limit`` best finite scores, best first (ties: lower row first)."""
+    finite = np.flatnonzero(np.isfinite(scores))
+    if len(finite) > limit:
+        part = np.argpartition(-scores[finite], limit - 1)[:limit]
+        finite = finite[part]
+    order = np.lexsort((finite, -scores[finite]))
+    top: npt.NDArray[np.intp] = finite[order]
+    return top
+
+
+class _Column:
+    """A numpy array that grows in place (amortised appends)."""
+
+    def __init__(self, dtype: type) -> None:
+        self._values: npt.NDArray[Any] = np.zeros(64, dtype=dtype)
+        self.size = 0
+
+    def extend(self, values: Sequence[float] | Sequence[bool]) -> None:
+        end = self.size + len(values)
+        if end > len(self._values):
+            grown = np.zeros(max(end, int(len(self._values) * _GROW)), dtype=self._values.dtype)
+            grown[: self.size] = self._values[: self.size]
+            self._values = grown
+        self._values[self.size : end] = values
+        self.size = end
+
+    @property
+    def view(self) -> npt.NDArray[Any]:
+        return self._values[: self.size]
+
+
+Postings = tuple[npt.NDArray[np.intp], npt.NDArray[np.float64]]
+"""Rows holding a term (dead ones included) and the term's count in each."""
+
+
+@dataclass(slots=True)
+class _Turns:
+    """The history store's side of a scope: turns, their terms, each session's order."""
+
+    k1: float
+    b: float
+    turns: list[Turn] = field(default_factory=list)
+    stored: list[StoredMessage] = field(default_factory=list)
+    row: dict[MessageKey, int] = field(default_factory=dict)
+    alive: _Column = field(default_factory=lambda: _Column(bool))
+    lengths: _Column = field(default_factory=lambda: _Column(np.float64))
+    postings: dict[str, Postings] = field(default_factory=dict)
+    order: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
+    """Session → (position ms, seq, row) of its live turns, sorted."""
+    live: int = 0
+    live_length: float = 0.0
+    summaries: dict[str, SessionSummary | None] = field(default_factory=dict)
+    """Session → its summary, made when first asked after a change."""
+
+    def add(self, indexed: Iterable[IndexedTurn]) -> None:
+        new: dict[str, tuple[list[int], list[int]]] = {}
+        alive: list[bool] = []
+        lengths: list[float] = []
+        for item in indexed:
+            turn = item.turn
+            old = self.row.get(turn.key)
+            if old is not None:
+                if self.alive.view[old] and self.turns[old].position == turn.position:
+                    continue  # read again (past the lowest watermark): already here
+                self._kill([old])
+            row = len(self.turns)
+            self.turns.append(turn)
+            self.stored.append(item.stored)
+            self.row[turn.key] = row
+            self.summaries.pop(turn.session_id, None)
+            alive.append(True)
+            lengths.append(float(len(item.terms)))
+            for term, count in item.terms.items():
+                rows, counts = new.setdefault(term, ([], []))
+                rows.append(row)
+                counts.append(count)
+            entry = (turn.position.ms, turn.position.seq, row)
+            ordered = self.order.setdefault(turn.session_id, [])
+            if ordered and entry < ordered[-1]:
+                bisect.insort(ordered, entry)
+            else:
+                ordered.append(entry)
+            self.live += 1
+            self.live_length += len(item.terms)
+        self.alive.extend(alive)
+        self.lengths.extend(lengths)
+        for term, (rows, counts) in new.items():
+            added: Postings = (np.asarray(rows, dtype=np.intp), np.asarray(counts, np.float64))
+            have = self.postings.get(term)
+            if have is not None:
+                added = (np.concatenate([have[0], added[0]]), np.concatenate([have[1], added[1]]))
+            self.postings[term] = added
+
+    def erase(self, erased: Mapping[str, Position]) -> None:
+        for session, upto in erased.items():
+            bound = (upto.ms, upto.seq)
+            self._kill([e[2] for e in self.order.get(session, []) if e[:2] <= bound])
+
+    def _kill(self, rows: Sequence[int]) -> None:
+        gone = set(rows)
+        if not gone:
+            return
+        alive, lengths = self.alive.view, self.lengths.view
+        for row in gone:
+            alive[row] = False
+            self.live -= 1
+            self.live_length -= float(lengths[row])
+        for session in {self.turns[r].session_id for r in gone}:
+            self.order[session] = [e for e in self.order[session] if e[2] not in gone]
+            self.summaries.pop(session, None)
+
+    def recent(self, session_id: str, limit: int) -> list[StoredMessage]:
+        """The session's last ``limit`` live messages, log order."""
+        ordered = self.order.get(session_id, [])
+        return [self.stored[e[2]] for e in ordered[max(0, len(ordered) - limit) :]]
+
+    def messages(self, keys: Iterable[MessageKey]) -> list[StoredMessage]:
+        """The given live messages, in log order (as the store gives them)."""
+        alive = self.alive.view
+        rows = [self.row.get(k) for k in keys]
+        found = [self.stored[r] for r in rows if r is not None and alive[r]]
+        return sorted(found, key=lambda m: (m.position, m.message.session_id))
+
+    def summary(self, tenant_id: str, session_id: str) -> SessionSummary | None:
+        """What the session's document says of it: made once per change of the session."""
+        if session_id not in self.summaries:
+            ordered = self.order.get(session_id, [])
+            found = [self.stored[e[2]].message for e in ordered]
+            self.summaries[session_id] = (
+                SessionSummary(
+                    tenant_id=tenant_id,
+                    session_id=session_id,
+                    message_count=len(found),
+                    participants=frozenset(participant(m.role, m.name) for m in found),
+                    first_at=min(m.created_at for m in found),
+                    last_at=max(m.created_at for m in found),
+                    last_position=Position(*ordered[-1][:2]),
+                )
+                if found
+                else None
+            )
+        return self.summaries[session_id]
+
+    def needs_compaction(self) -> bool:
+        dead = len(self.turns) - self.live
+        return dead > 1000 and dead > _COMPACT_SHARE * len(self.turns)
+
+    def lexical(self, terms: Sequence[str], limit: int) -> list[tuple[MessageKey, float]]:
+        """Okapi BM25 of ``terms`` over the live turns: the history store's own scores."""
+        if not terms or not self.live:
+            return []
+        alive, lengths = self.alive.view, self.lengths.view
+        n = float(self.live)
+        average = max(self.live_length / n, 1.0)
+        scores = np.zeros(len(self.turns), dtype=np.float64)
+        for term in dict.fromkeys(terms):
+            if term not in self.postings:
+                continue
+            rows, counts = self.postings[term]
+            keep = alive[rows]
+            rows, counts = rows[keep], counts[keep]
+            df = float(len(rows))
+            if not df:
+                continue
+            idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+            norm = self.k1 * (1 - self.b + self.b * lengths[rows] / average)
+            scores[rows] += idf * counts * (self.k1 + 1) / (counts + norm)
+        scores[scores <= 0] = -np.inf
+        # The store orders ties by key; so do we, on the few rows returned.
+        return sorted(
+            ((self.turns[r].key, float(scores[r])) for r in _top(scores, limit)),
+            key=lambda h: (-h[1], h[0]),
+        )
+
+    def around(self, keys: Iterable[MessageKey], radius: int) -> dict[MessageKey, list[Turn]]:
+        """Each given live turn's window of ``radius`` live turns either side, log order."""
+        windows: dict[MessageKey, list[Turn]] = {}
+        alive = self.alive.view
+        for key in keys:
+            row = self.row.get(key)
+            if row is None or not alive[row]:
+                continue
+            ordered = self.order[key[0]]
+            at = self.turns[row].position
+            i = bisect.bisect_left(ordered, (at.ms, at.seq, row))
+            window = ordered[max(0, i - radius) : i + radius + 1]
+            windows[key] = [self.turns[e[2]] for e in window]
+        return windows
+
+
+@dataclass(slots=True)
+class _Vectors:
+    """The vector store's side of a scope: one unit row per message."""
+
+    keys: list[MessageKey] = field(default_factory=list)
+    positions: list[Position] = field(default_factory=list)
+    row: dict[MessageKey, int] = field(default_factory=dict)
+    matrix: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros((0, 0), np.float32))
+    alive: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+    by_session: dict[str, list[int]] = field(default_factory=dict)
+    live: int = 0
+
+    def add(self, stored: StoredVectors) -> None:
+        fresh: list[int] = []
+        for i, (key, position) in enumerate(zip(stored.keys, stored.positions, strict=True)):
+            old = self.row.get(key)
+            if old is not None:
+                if self.alive[old] and self.positions[old] == position:
+                    continue
+                self._kill(old)
+            fresh.append(i)
+        if not fresh:
+            return
+        start = len(self.keys)
+        self._reserve(start + len(fresh), stored.vectors.shape[1])
+        self.matrix[start : start + len(fresh)] = stored.vectors[fresh]
+        self.alive[start : start + len(fresh)] = True
+        for offset, i in enumerate(fresh):
+            key = stored.keys[i]
+            self.keys.append(key)
+            self.positions.append(stored.positions[i])
+            self.row[key] = start + offset
+            self.by_session.setdefault(key[0], []).append(start + offset)
+        self.live += len(fresh)
+
+    def _reserve(self, rows: int, width: int) -> None:
+        if self.matrix.shape[1] not in (0, width):
+            raise ValueError(f"vectors of {width} dimensions beside {self.matrix.shape[1]}")
+        if rows <= len(self.matrix) and self.matrix.shape[1] == width:
+            return
+        capacity = max(rows, int(len(self.matrix) * _GROW), 64)
+        grown = np.zeros((capacity, width), dtype=np.float32)
+        alive = np.zeros(capacity, dtype=bool)
+        used = len(self.keys)
+        if used:
+            grown[:used] = self.matrix[:used]
+            alive[:used] = self.alive[:used]
+        self.matrix, self.alive = grown, alive
+
+    def erase(self, erased: Mapping[str, Position]) -> None:
+        for session, upto in erased.items():
+            for row in self.by_session.get(session, []):
+                if self.alive[row] and self.positions[row] <= upto:
+                    self._kill(row)
+
+    def _kill(self, row: int) -> None:
+        self.alive[row] = False
+        self.live -= 1
+
+    def needs_compaction(self) -> bool:
+        dead = len(self.keys) - self.live
+        return dead > 1000 and dead > _COMPACT_SHARE * len(self.keys)
+
+    def nearest(
+        self, vector: npt.NDArray[np.float32], limit: int
+    ) -> list[tuple[MessageKey, float]]:
+        n = len(self.keys)
+        if not self.live or self.matrix.shape[1] != len(vector):
+            return []
+        scores = (self.matrix[:n] @ vector).astype(np.float64)
+        scores[~self.alive[:n]] = -np.inf
+        return [(self.keys[r], float(scores[r])) for r in _top(scores, limit)]
+
+
+@dataclass(slots=True)
+class HotIndex:
+    """What two stores hold of one tenant's scope, in memory, with the watermarks it is
+    exact at (per part: ``turns`` from the history store, ``vectors`` from the vector
+    source)."""
+
+    tenant_id: str
+    scope: Scope
+    turns: _Turns
+    vectors: _Vectors
+    marks: dict[str, dict[int, Position | None]]
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def rows(self) -> int:
+        return len(self.turns.turns) + len(self.vectors.keys)
+
+    def lexical(self, terms: Sequence[str], limit: int) -> list[Hit]:
+        return [
+            Hit(session_id=s, message_id=m, score=score)
+            for (s, m), score in self.turns.lexical(terms, limit)
+        ]
+
+    def nearest(self, vector: npt.NDArray[np.float32], limit: int) -> list[Hit]:
+        return [
+            Hit(session_id=s, message_id=m, score=score)
+            for (s, m), score in self.vectors.nearest(vector, limit)
+        ]
+
+    def around(self, keys: Iterable[MessageKey], radius: int) -> dict[MessageKey, list[Turn]]:
+        return self.turns.around(keys, radius)
+
+    def recent(self, session_id: str, limit: int) -> list[StoredMessage]:
+        return self.turns.recent(session_id, limit)
+
+    def messages(self, keys: Iterable[MessageKey]) -> list[StoredMessage]:
+        return self.turns.messages(keys)
+
+    def summary(self, session_id: str) -> SessionSummary | None:
+        return self.turns.summary(self.tenant_id, session_id)
+
+
+class Stale(Exception):
+    """A copy moved backwards (its store was rebuilt): it must be loaded again."""
+
+
+class HotIndexes:
+    """The copies of the scopes used last, loaded in the background and kept current.
+
+    ``current`` gives a copy shown exact at the given watermarks, or None when there is no
+    loaded copy yet (a load starts; the caller reads the stores meanwhile).
+    """
+
+    def __init__(
+        self,
+        history: HistoryStore,
+        vectors: VectorSource | None,
+        *,
+        max_rows: int,
+    ) -> None:
+        self._history = history
+        self._source = vectors
+        self._max_rows = max_rows
+        self._copies: OrderedDict[tuple[str, Scope], HotIndex] = OrderedDict()
+        self._loading: dict[tuple[str, Scope], asyncio.Task[None]] = {}
+        self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
+
+    @property
+    def parts(self) -> dict[str, str]:
+        """Part → the projector whose watermarks it follows."""
+        parts = {"turns": self._history.store}
+        if self._source is not None:
+            parts["vectors"] = self._source.store
+        return parts
+
+    async def current(
+        self, tenant_id: str, scope: Scope, marks: Mapping[str, Marks]
+    ) -> HotIndex | None:
+        """The scope's copy brought up to ``marks`` (part's projector → partition →
+        watermark, read just now), or None while there is none loaded."""
+        key = (tenant_id, scope)
+        copy = self._copies.get(key)
+        if copy is None:
+            self._start_loading(key, marks)
+            return None
+        self._copies.move_to_end(key)
+        try:
+            async with copy.lock:
+                await self._refresh(copy, marks)
+        except Stale:
+            self._copies.pop(key, None)
+            self._start_loading(key, marks)
+            return None
+        return copy
+
+    async def settle(self) -> None:
+        """Wait for the loads under way (warm-ups of benchmarks and tests)."""
+        while self._loading:
+            await asyncio.wait(set(self._loading.values()))
+
+    def _start_loading(self, key: tuple[str, Scope], marks: Mapping[str, Marks]) -> None:
+        if key in self._loading or self._max_rows == 0:
+            return
+        task = asyncio.create_task(self._load(key, {p: dict(m) for p, m in marks.items()}))
+        self._loading[key] = task
+        task.add_done_callback(lambda _: self._loading.pop(key, None))
+
+    async def _load(
+        self, key: tuple[str, Scope], marks: dict[str, dict[int, Position | None]]
+    ) -> None:
+        tenant_id, scope = key
+        try:
+            copy = HotIndex(
+                tenant_id=tenant_id,
+                scope=scope,
+                turns=_Turns(k1=self._history.bm25_k1, b=self._history.bm25_b),
+                vectors=_Vectors(),
+                marks=marks,
+            )
+            copy.turns.add(await self._history.scan(tenant_id, scope=scope))
+            if self._source is not None:
+                copy.vectors.add(await self._source.vectors(tenant_id, scope=scope))
+        except Exception as exc:  # a failed load only means the stores are read meanwhile
+            self._log.warning("loading the copy of %s %s failed: %r", tenant_id, scope, exc)
+            return
+        self._copies[key] = copy
+        self._evict()
+
+    def _evict(self) -> None:
+        total = sum(c.rows for c in self._copies.values())
+        while total > self._max_rows and len(self._copies) > 1:
+            _, dropped = self._copies.popitem(last=False)
+            total -= dropped.rows
+
+    async def _refresh(self, copy: HotIndex, marks: Mapping[str, Marks]) -> None:
+        for part, projector in self.parts.items():
+            now = marks[projector]
+            then = copy.marks[projector]
+            if all(now.get(p) == then.get(p) for p in {*now, *then}):
+                continue
+            if any(_behind(now.get(p), then.get(p)) for p in then):
+                raise Stale(part)
+            moved = [then.get(p) for p in now if now.get(p) != then.get(p)]
+            after = None if any(m is None for m in moved) else min(m for m in moved if m)
+            if part == "turns":
+                rows = await self._history.scan(copy.tenant_id, scope=copy.scope, after=after)
+                erased = await self._history.erased_since(copy.tenant_id, after)
+                copy.turns.add(rows)
+                copy.turns.erase(erased)
+                if copy.turns.needs_compaction():
+                    raise Stale(part)
+            elif self._source is not None:
+                stored = await self._source.vectors(copy.tenant_id, scope=copy.scope, after=after)
+                erased = await self._source.erased_since(copy.tenant_id, after)
+                copy.vectors.add(stored)
+                copy.vectors.erase(erased)
+                if copy.vectors.needs_compaction():
+                    raise Stale(part)
+            copy.marks[projector] = dict(now)
+        self._evict()
+
+
+def _behind(now: Position | None, then: Position | None) -> bool:
+    if then is None:
+        return False
+    return now is None or now < then
