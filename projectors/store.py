@@ -313,12 +313,14 @@ class GraphStore(Projection):
 
     @abstractmethod
     async def neighbours(
-        self, tenant_id: str, seeds: Sequence[MessageKey], *, scope: Scope
+        self, tenant_id: str, seeds: Sequence[MessageKey], *, scope: Scope, limit: int = 50
     ) -> list[Hit]:
         """Messages of the scope next to, replying to or replied by, or sharing an entity
-        with the given ones.
+        with the given ones, best first: the ``limit`` most connected by each kind of path
+        (turns and replies; shared entities).
 
-        The given messages are not in the result; score counts the paths that lead to a hit.
+        The given messages are not in the result; score counts the paths that lead to a hit
+        (of a kind where the hit is among that kind's ``limit`` best).
         """
 
     @abstractmethod

@@ -38,7 +38,7 @@ import bisect
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +59,7 @@ from projectors.store import (
     VectorSource,
     participant,
 )
+from rehydrator.vector_scan import MIN_ROWS, Int8Segment, top
 
 Marks = Mapping[int, Position | None]
 """Partition → a projector's watermark there."""
@@ -118,10 +119,16 @@ class _Turns:
     postings: dict[str, Postings] = field(default_factory=dict)
     order: dict[str, list[tuple[int, int, int]]] = field(default_factory=dict)
     """Session → (position ms, seq, row) of its live turns, sorted."""
+    place: dict[int, int] = field(default_factory=dict)
+    """Row → its index in its session's order, for sessions not in ``moved``."""
+    moved: set[str] = field(default_factory=set)
+    """Sessions whose order changed other than at its end: ``place`` is remade on use."""
     live: int = 0
     live_length: float = 0.0
     summaries: dict[str, SessionSummary | None] = field(default_factory=dict)
     """Session → its summary, made when first asked after a change."""
+    names: set[str] = field(default_factory=set)
+    """Every speaker name seen in the scope (never shrinks: a hint, not a fact)."""
 
     def add(self, indexed: Iterable[IndexedTurn]) -> None:
         new: dict[str, tuple[list[int], list[int]]] = {}
@@ -138,6 +145,8 @@ class _Turns:
             self.turns.append(turn)
             self.stored.append(item.stored)
             self.row[turn.key] = row
+            if turn.name:
+                self.names.add(turn.name)
             self.summaries.pop(turn.session_id, None)
             alive.append(True)
             lengths.append(float(len(item.terms)))
@@ -149,7 +158,9 @@ class _Turns:
             ordered = self.order.setdefault(turn.session_id, [])
             if ordered and entry < ordered[-1]:
                 bisect.insort(ordered, entry)
+                self.moved.add(turn.session_id)
             else:
+                self.place[row] = len(ordered)
                 ordered.append(entry)
             self.live += 1
             self.live_length += len(item.terms)
@@ -179,6 +190,7 @@ class _Turns:
         for session in {self.turns[r].session_id for r in gone}:
             self.order[session] = [e for e in self.order[session] if e[2] not in gone]
             self.summaries.pop(session, None)
+            self.moved.add(session)
 
     def recent(self, session_id: str, limit: int) -> list[StoredMessage]:
         """The session's last ``limit`` live messages, log order."""
@@ -251,10 +263,12 @@ class _Turns:
             row = self.row.get(key)
             if row is None or not alive[row]:
                 continue
-            ordered = self.order[key[0]]
-            at = self.turns[row].position
-            i = bisect.bisect_left(ordered, (at.ms, at.seq, row))
-            window = ordered[max(0, i - radius) : i + radius + 1]
+            session = key[0]
+            if session in self.moved:
+                self.place.update((e[2], i) for i, e in enumerate(self.order[session]))
+                self.moved.discard(session)
+            i = self.place[row]
+            window = self.order[session][max(0, i - radius) : i + radius + 1]
             windows[key] = [self.turns[e[2]] for e in window]
         return windows
 
@@ -270,6 +284,8 @@ class _Vectors:
     alive: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
     by_session: dict[str, list[int]] = field(default_factory=dict)
     live: int = 0
+    segment: Int8Segment | None = None
+    """The first rows quantised for a fast first pass (rows never change once written)."""
 
     def add(self, stored: StoredVectors) -> None:
         fresh: list[int] = []
@@ -322,15 +338,30 @@ class _Vectors:
         dead = len(self.keys) - self.live
         return dead > 1000 and dead > _COMPACT_SHARE * len(self.keys)
 
-    def nearest(
-        self, vector: npt.NDArray[np.float32], limit: int
-    ) -> list[tuple[MessageKey, float]]:
-        n = len(self.keys)
-        if not self.live or self.matrix.shape[1] != len(vector):
-            return []
-        scores = (self.matrix[:n] @ vector).astype(np.float64)
-        scores[~self.alive[:n]] = -np.inf
-        return [(self.keys[r], float(scores[r])) for r in _top(scores, limit)]
+    def search(
+        self, limit: int
+    ) -> Callable[[npt.NDArray[np.float32]], list[tuple[MessageKey, float]]]:
+        """A search of the vectors as they are now, safe to run on another thread while
+        this copy takes new rows: written rows never change, and keys only grow."""
+        matrix, used, alive, segment, keys = (
+            self.matrix,
+            len(self.keys),
+            self.alive,
+            self.segment,
+            self.keys,
+        )
+
+        def nearest(vector: npt.NDArray[np.float32]) -> list[tuple[MessageKey, float]]:
+            if not used or matrix.shape[1] != len(vector):
+                return []
+            rows, scores = top(matrix, used, alive, vector, limit, segment)
+            return [(keys[r], s) for r, s in zip(rows.tolist(), scores.tolist(), strict=True)]
+
+        return nearest
+
+    def unsegmented(self) -> int:
+        """Rows past the quantised segment (all of them without one)."""
+        return len(self.keys) - (len(self.segment) if self.segment is not None else 0)
 
 
 @dataclass(slots=True)
@@ -348,7 +379,8 @@ class HotIndex:
 
     @property
     def rows(self) -> int:
-        return len(self.turns.turns) + len(self.vectors.keys)
+        """Turns held (with as many vectors): what the copies' budget counts."""
+        return max(len(self.turns.turns), len(self.vectors.keys))
 
     def lexical(self, terms: Sequence[str], limit: int) -> list[Hit]:
         return [
@@ -356,11 +388,11 @@ class HotIndex:
             for (s, m), score in self.turns.lexical(terms, limit)
         ]
 
-    def nearest(self, vector: npt.NDArray[np.float32], limit: int) -> list[Hit]:
-        return [
-            Hit(session_id=s, message_id=m, score=score)
-            for (s, m), score in self.vectors.nearest(vector, limit)
-        ]
+    async def nearest(self, vector: npt.NDArray[np.float32], limit: int) -> list[Hit]:
+        """The exact top ``limit`` by cosine; the scan runs off the event loop (milliseconds
+        at 50,000 turns), which goes on meanwhile."""
+        found = await asyncio.to_thread(self.vectors.search(limit), vector)
+        return [Hit(session_id=s, message_id=m, score=score) for (s, m), score in found]
 
     def around(self, keys: Iterable[MessageKey], radius: int) -> dict[MessageKey, list[Turn]]:
         return self.turns.around(keys, radius)
@@ -398,6 +430,7 @@ class HotIndexes:
         self._max_rows = max_rows
         self._copies: OrderedDict[tuple[str, Scope], HotIndex] = OrderedDict()
         self._loading: dict[tuple[str, Scope], asyncio.Task[None]] = {}
+        self._segmenting: dict[tuple[str, Scope], asyncio.Task[None]] = {}
         self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
 
     @property
@@ -429,9 +462,15 @@ class HotIndexes:
         return copy
 
     async def settle(self) -> None:
-        """Wait for the loads under way (warm-ups of benchmarks and tests)."""
-        while self._loading:
-            await asyncio.wait(set(self._loading.values()))
+        """Wait for the loads (and quantisations) under way: warm-ups of benchmarks."""
+        while self._loading or self._segmenting:
+            await asyncio.wait({*self._loading.values(), *self._segmenting.values()})
+
+    def names(self, tenant_id: str, scope: Scope) -> set[str]:
+        """The speaker names the scope's copy has seen, current or not (empty without a
+        copy): what the query is stripped of before it is embedded, known at once."""
+        copy = self._copies.get((tenant_id, scope))
+        return copy.turns.names if copy is not None else set()
 
     def _start_loading(self, key: tuple[str, Scope], marks: Mapping[str, Marks]) -> None:
         if key in self._loading or self._max_rows == 0:
@@ -460,6 +499,27 @@ class HotIndexes:
             return
         self._copies[key] = copy
         self._evict()
+        self._start_segmenting(copy)
+
+    def _start_segmenting(self, copy: HotIndex) -> None:
+        """Quantise the copy's vectors again, off the loop, when enough rows are past the
+        segment (a tenth of them, and at least :data:`MIN_ROWS`)."""
+        vectors = copy.vectors
+        key = (copy.tenant_id, copy.scope)
+        waiting = vectors.unsegmented()
+        if key in self._segmenting or waiting < max(MIN_ROWS, len(vectors.keys) // 10):
+            return
+
+        async def build() -> None:
+            rows = vectors.matrix[: len(vectors.keys)]  # written rows never change
+            try:
+                vectors.segment = await asyncio.to_thread(Int8Segment, rows)
+            except Exception as exc:  # the float32 scan goes on answering
+                self._log.warning("quantising %s %s failed: %r", *key, exc)
+
+        task = asyncio.create_task(build())
+        self._segmenting[key] = task
+        task.add_done_callback(lambda _: self._segmenting.pop(key, None))
 
     def _evict(self) -> None:
         total = sum(c.rows for c in self._copies.values())
@@ -493,6 +553,7 @@ class HotIndexes:
                     raise Stale(part)
             copy.marks[projector] = dict(now)
         self._evict()
+        self._start_segmenting(copy)
 
 
 def _behind(now: Position | None, then: Position | None) -> bool:

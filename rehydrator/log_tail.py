@@ -133,19 +133,28 @@ async def watermarks(
         for (partition, name), summary in zip(pending, await pipe.execute(), strict=True):
             if summary.get("min"):
                 marks[partition][name] = _before(Position.parse(summary["min"]))
-    enriched = [
-        (partition, name)
+    # Enriched-stream positions back to log positions: one read per distinct position
+    # (projectors that have caught up share theirs).
+    wanted = {
+        (partition, mark)
         for partition in partitions
         for name in projectors
-        if reads_enriched(name) and marks[partition][name] is not None
-    ]
-    if enriched:
+        if reads_enriched(name) and (mark := marks[partition][name]) is not None
+    }
+    if wanted:
+        asked = sorted(wanted, key=lambda pm: (pm[0], pm[1].ms, pm[1].seq))
         pipe = redis.pipeline(transaction=False)
-        for partition, name in enriched:
-            pipe.xrevrange(enriched_key(partition), str(marks[partition][name]), "-", count=1)
-        for (partition, name), rows in zip(enriched, await pipe.execute(), strict=True):
+        for partition, mark in asked:
+            pipe.xrevrange(enriched_key(partition), str(mark), "-", count=1)
+        source_of: dict[tuple[int, Position], Position | None] = {}
+        for key, rows in zip(asked, await pipe.execute(), strict=True):
             source = rows[0][1].get(SOURCE_FIELD.encode()) if rows else None
-            marks[partition][name] = Position.parse(source) if source else None
+            source_of[key] = Position.parse(source) if source else None
+        for partition in partitions:
+            for name in projectors:
+                mark = marks[partition][name]
+                if reads_enriched(name) and mark is not None:
+                    marks[partition][name] = source_of[(partition, mark)]
     return marks
 
 

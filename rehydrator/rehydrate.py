@@ -53,7 +53,7 @@ from rehydrator.call import Call, Pool, merged
 from rehydrator.context import Context, Item, QuerySource, TierReport
 from rehydrator.deadlines import hedged, within
 from rehydrator.errors import HistoryUnavailableError, MissingUserError
-from rehydrator.fusion import FusionWeights, fuse
+from rehydrator.fusion import FusionWeights, fuse, without_names
 from rehydrator.hot_index import HotIndex, HotIndexes
 from rehydrator.packing import Texts, pack
 from rehydrator.query_embedding import QueryEmbedder
@@ -213,10 +213,12 @@ class Rehydrator:
         recent = [m for m in recent_read.result() if not erased.hides(session_id, m.position)]
         dense_hits = [h for h in dense_read.result() if not _hidden(h, erased)]
         lexical_hits = [h for h in lexical_read.result() if not _hidden(h, erased)]
-        windows = {
-            k: [t for t in w if not erased.hides(t.session_id, t.position)]
-            for k, w in windows_read.result().items()
-        }
+        windows = windows_read.result()
+        if erased.erased:
+            windows = {
+                k: [t for t in w if not erased.hides(t.session_id, t.position)]
+                for k, w in windows.items()
+            }
         pool.add(tail, "log")
         pool.add(recent, "recent")
         pool.note(dense_hits, "dense")
@@ -231,7 +233,7 @@ class Rehydrator:
                 query,
                 self._weights,
             )
-        ranked = sorted(scores, key=lambda k: -scores[k])  # stable: ties keep window order
+        ranked = list(scores)  # best first
         # Read-your-writes and the recent window go first, newest first: when the tail is
         # longer than the budget (projectors far behind), the latest turns are kept.
         newest = sorted([*tail, *recent], key=lambda m: m.position, reverse=True)
@@ -273,6 +275,36 @@ class Rehydrator:
             from_log_tail=sum(1 for i in items if "log" in i.found_by),
             elapsed_ms=(time.perf_counter() - call.started) * 1000,
         )
+
+    async def prepare(
+        self,
+        tenant_id: str,
+        session_id: str,
+        *,
+        scope: ScopeName = "session",
+        user_id: str | None = None,
+    ) -> bool:
+        """Load the scope's in-memory copy now and wait until it is loaded, so that the
+        next calls are served from it (an agent about to resume, a benchmark's warm-up).
+        True when a copy is ready; False when there are no copies or no log to check one
+        against."""
+        validate_id("tenant_id", tenant_id)
+        validate_id("session_id", session_id)
+        if scope == "user" and user_id is None:
+            raise MissingUserError("user_id: prepare(scope='user') needs one")
+        hot = self._hot
+        if hot is None:
+            return False
+        chosen = Scope(session_id=session_id, user_id=user_id if scope == "user" else None)
+        partition = partition_for(tenant_id, session_id, self._partitions)
+        partitions = [partition] if chosen.user_id is None else list(range(self._partitions))
+        marks = await log_tail.watermarks(
+            self._redis, partitions, self._projectors, self._reads_enriched
+        )
+        wanted = {n: {p: m.get(n) for p, m in marks.items()} for n in hot.parts.values()}
+        if await hot.current(tenant_id, chosen, wanted) is None:
+            await hot.settle()
+        return await hot.current(tenant_id, chosen, wanted) is not None
 
     async def history(
         self, tenant_id: str, session_id: str, *, limit: int = 100, deadline_ms: int | None = None
@@ -463,7 +495,12 @@ class Rehydrator:
             call.skipped("dense", "no vector store")
             return []
         started = time.perf_counter()
-        vector = await call.within("embedding", "onnx", lambda: embedder.embed_async(query))
+        # Speaker names tell step 3 of the fusion whose turns to favour, not what the turn
+        # is about: the vector is of the query without them (the names the scope's copy has
+        # seen, known at once; none before it is loaded).
+        names = self._hot.names(tenant_id, scope) if self._hot is not None else set()
+        asked = without_names(query, names)
+        vector = await call.within("embedding", "onnx", lambda: embedder.embed_async(asked))
         call.count("embedding", 0)  # a vector, not candidates
         if vector is None:
             return []
@@ -471,7 +508,7 @@ class Rehydrator:
         await asyncio.wait({hot_read})
         copy = hot_read.result()
         if copy is not None and copy.vectors.live:
-            hits = copy.nearest(np.asarray(vector, dtype=np.float32), limit)
+            hits = await copy.nearest(np.asarray(vector, dtype=np.float32), limit)
             call.reports.append(_memory_report("dense", started, hits))
             return hits
 
@@ -587,17 +624,21 @@ class Rehydrator:
         scope: Scope,
         channels: Sequence[asyncio.Future[list[Hit]]],
     ) -> list[Hit]:
-        """The graph neighbourhood of the channels' best hits (by reciprocal rank), read
-        while the rest of the ranking and the packing go on: it adds provenance."""
+        """The graph neighbourhood of the best hits of the first channel to answer (by
+        reciprocal rank when both are in), read while the rest of the ranking and the
+        packing go on: it adds provenance, and full text, with no query to embed, usually
+        answers first."""
         graph = self._graph
         if graph is None:
             call.skipped("graph", "no graph store")
             return []
-        await asyncio.wait(set(channels))
         rank: dict[MessageKey, float] = {}
-        for channel in channels:
-            for i, hit in enumerate(channel.result()):
-                rank[hit.key] = rank.get(hit.key, 0.0) + 1 / (SEED_RANK + i)
+        waiting: set[asyncio.Future[list[Hit]]] = set(channels)
+        while waiting and not rank:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for channel in done:
+                for i, hit in enumerate(channel.result()):
+                    rank[hit.key] = rank.get(hit.key, 0.0) + 1 / (SEED_RANK + i)
         seeds = sorted(rank, key=lambda k: -rank[k])[:GRAPH_SEEDS]
         if not seeds:
             call.skipped("graph", "nothing to expand")

@@ -16,6 +16,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TypeVar
 
 import redis.asyncio as aioredis
+from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
 from projectors.store import (
     GraphStore,
@@ -79,6 +80,10 @@ async def open_rehydrator(
         # Everything loaded so far lives as long as the process: keep it out of the garbage
         # collector's full passes, which otherwise stall a call now and then (100 ms seen).
         gc.freeze()
+        # One BLAS thread: a call's matrix-vector product is small, and concurrent calls and
+        # the query embedding already use the cores; more threads only fight them (p99 at
+        # 50,000 turns was 69 ms with two, 20 ms with one).
+        threadpool_limits(limits=1, user_api="blas")
         history = stores.get("postgres")
         graph = stores.get("graph")
         sessions = stores.get("mongo")

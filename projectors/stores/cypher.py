@@ -26,7 +26,7 @@ from __future__ import annotations
 from abc import abstractmethod
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from projectors.position import Position
 from projectors.records import Digest, Record, SessionKey
@@ -287,15 +287,19 @@ MATCH (m)-[r:NEXT|REPLY_TO]-(h:Message {tenant_id: $tenant_id})
 WHERE NOT h.key IN $keys AND <scope>
 RETURN h.session_id AS session_id, h.message_id AS message_id, h.pos AS pos,
        count(r) AS paths
+ORDER BY paths DESC, pos LIMIT $limit
 UNION ALL
 UNWIND $keys AS given
 MATCH (m:Message {key: given, tenant_id: $tenant_id})
 WITH m
 MATCH (m)-[:MENTIONS]->(e:Entity {tenant_id: $tenant_id})
-      <-[:MENTIONS]-(h:Message {tenant_id: $tenant_id})
+WITH m, e
+WHERE <mentions> <= $common
+MATCH (e)<-[:MENTIONS]-(h:Message {tenant_id: $tenant_id})
 WHERE NOT h.key IN $keys AND <scope>
 RETURN h.session_id AS session_id, h.message_id AS message_id, h.pos AS pos,
        count(e) AS paths
+ORDER BY paths DESC, pos LIMIT $limit
 """
 """Hits one step away: next or previous turn, reply or parent, or a shared entity.
 
@@ -303,7 +307,11 @@ The given messages (``$keys``, of any sessions) are looked up by key first; ``<s
 the :class:`Scope` as a condition on the hit (:func:`scope_condition`), so a user's scope
 reaches the user's other sessions through shared entities. Each path counts once: a given
 message and a hit both NEXT and REPLY_TO give 2, each shared entity 1, each given message
-the hit is next to 1. The halves are summed per hit in Python. ``count(r)``, not
+the hit is next to 1. Entities more than ``$common`` messages mention (a speaker's name
+in a long history) relate nothing in particular and would make one call traverse thousands
+of mentions: they are not followed. ``<mentions>`` is the store's own cheap count of an
+entity's mentions (the node's in-degree). Each half keeps its ``$limit`` best hits; the
+halves are summed per hit in Python. ``count(r)``, not
 ``count(*)``: FalkorDB 4.16 counts an undirected two-type match once per hit under
 ``count(*)`` (a NEXT and a REPLY_TO between the same two messages gave 1).
 """
@@ -448,11 +456,25 @@ def digest(tenant_id: str | None) -> Statement:
     return Statement(DIGEST_TENANT, {"tenant_id": tenant_id})
 
 
-def neighbours(tenant_id: str, seeds: Sequence[MessageKey], scope: Scope) -> Statement:
+COMMON_ENTITY = 200
+"""Mentions past which an entity is too common to relate two messages (see NEIGHBOURS)."""
+
+
+def neighbours(
+    tenant_id: str, seeds: Sequence[MessageKey], scope: Scope, limit: int, mentions: str
+) -> Statement:
+    """``mentions``: the store's expression for the number of messages mentioning ``e``."""
     keys = sorted({message_key(tenant_id, s, m) for s, m in seeds})
     condition, params = scope_condition(scope)
     return Statement(
-        NEIGHBOURS.replace("<scope>", condition), {"keys": keys, "tenant_id": tenant_id, **params}
+        NEIGHBOURS.replace("<scope>", condition).replace("<mentions>", mentions),
+        {
+            "keys": keys,
+            "tenant_id": tenant_id,
+            "limit": limit,
+            "common": COMMON_ENTITY,
+            **params,
+        },
     )
 
 
@@ -500,6 +522,9 @@ class CypherGraphStore(TombstoneProjection, GraphStore):
     (:meth:`_run`), returning the rows as sequences in ``RETURN`` order.
     """
 
+    mentions: ClassVar[str]
+    """The store's Cypher for how many messages mention entity ``e`` (its in-degree)."""
+
     @abstractmethod
     async def _run(self, statement: Statement) -> Rows:
         """Run one statement (``write`` tells reads from writes) and return its rows."""
@@ -524,11 +549,12 @@ class CypherGraphStore(TombstoneProjection, GraphStore):
         return int(rows[0][0]) if rows else 0
 
     async def neighbours(
-        self, tenant_id: str, seeds: Sequence[MessageKey], *, scope: Scope
+        self, tenant_id: str, seeds: Sequence[MessageKey], *, scope: Scope, limit: int = 50
     ) -> list[Hit]:
-        if not seeds:
+        if not seeds or limit < 1:
             return []
-        return parse_hits(await self._run(neighbours(tenant_id, seeds, scope)))
+        statement = neighbours(tenant_id, seeds, scope, limit, self.mentions)
+        return parse_hits(await self._run(statement))
 
     async def entities(self, tenant_id: str, session_id: str) -> dict[str, int]:
         return parse_entities(await self._run(entities(tenant_id, session_id)))

@@ -20,6 +20,7 @@ ALREADY_INDEXED = "already indexed"
 
 class FalkorDBGraphStore(CypherGraphStore):
     store = "falkordb"
+    mentions = "indegree(e, 'MENTIONS')"
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = (
         redis.exceptions.ConnectionError,
         redis.exceptions.TimeoutError,

@@ -58,6 +58,7 @@ def split_credentials(url: str) -> tuple[str, str | None, str | None]:
 
 class Neo4jGraphStore(CypherGraphStore):
     store = "neo4j"
+    mentions = "COUNT { (e)<-[:MENTIONS]-() }"
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = (
         ServiceUnavailable,
         SessionExpired,

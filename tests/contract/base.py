@@ -27,6 +27,7 @@ from projectors.store import (
     Scope,
     VectorStore,
 )
+from projectors.stores.cypher import COMMON_ENTITY
 from schemas.digest import content_hash
 from tests.records import conversation, erase, fake_vector, message
 
@@ -416,6 +417,32 @@ class GraphStoreContract(ProjectionContract):
         assert await store.neighbours("t1", [("s1", "a")], scope=Scope(session_id="s2")) == []
         assert await store.neighbours("t1", [("s2", "a")], scope=s1) == []
         assert await store.neighbours("t1", [], scope=s1) == []
+        only = await store.neighbours("t1", [("s1", "a")], scope=s1, limit=1)
+        assert {h.message_id for h in only} == {"b", "e"}  # the best of each kind
+
+    async def test_an_entity_too_common_to_relate_two_messages_is_not_followed(
+        self, store: GraphStore
+    ) -> None:
+        n = COMMON_ENTITY + 1
+        crowd = [message("t1", "s1", f"m{i}", f"turn {i}", i, entities=("Ada",)) for i in range(n)]
+        await store.apply(crowd)
+        hits = await store.neighbours("t1", [("s1", "m30")], scope=Scope(session_id="s1"))
+        assert {h.message_id for h in hits} == {"m29", "m31"}  # the turns next to it only
+        await store.apply([erase("t1", "s1", n), *crowd[:3]])  # re-sent after the erase: ignored
+        await store.apply(
+            [message("t1", "s1", f"x{i}", "x", n + 1 + i, entities=("Ada",)) for i in range(4)]
+        )
+        hits = await store.neighbours("t1", [("s1", "x0")], scope=Scope(session_id="s1"))
+        assert {h.message_id for h in hits} == {"x1", "x2", "x3"}  # Ada is rare again
+
+    async def test_an_entity_every_turn_mentions_returns_the_limit_not_every_turn(
+        self, store: GraphStore
+    ) -> None:
+        crowd = [message("t1", "s1", f"m{i}", f"turn {i}", i, entities=("Ada",)) for i in range(60)]
+        await store.apply(crowd)
+        hits = await store.neighbours("t1", [("s1", "m30")], scope=Scope(session_id="s1"), limit=5)
+        assert {"m29", "m31"} <= {h.message_id for h in hits}  # the turns next to it
+        assert len(hits) <= 2 + 5  # and five of those sharing Ada, not 59
 
     async def test_user_scope_reaches_the_users_sessions_and_nobody_elses(
         self, store: GraphStore

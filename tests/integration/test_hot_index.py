@@ -8,6 +8,7 @@ of a long session, copy or no copy.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from rehydrator.hot_index import HotIndex, HotIndexes
 from rehydrator.query_embedding import QueryEmbedder
 from rehydrator.rehydrate import Rehydrator
 from rehydrator.tokens import TokenCounter
+from rehydrator.vector_scan import MIN_ROWS
 from stack.projections import reads_enriched
 from stack.settings import Settings
 from tests.contract.base import emptied
@@ -29,6 +31,7 @@ from tests.records import erase, fake_vector, message
 
 pytestmark = pytest.mark.timeout(300)
 
+FACT = "My first car was a green Saab 900 called Olive."
 TEXTS = [
     "We walked to the harbour at dawn",
     "The lighthouse keeper waved at us",
@@ -111,7 +114,7 @@ async def assert_equal_to_the_stores(
         assert_same_ranking(copy.lexical(await history.analyse(query), 7), expected, 1e-9)
         probe = fake_vector(query)
         expected_near = await vectors.nearest("t1", probe, limit=7, scope=scope)
-        got_near = copy.nearest(np.asarray(probe, np.float32), 7)
+        got_near = await copy.nearest(np.asarray(probe, np.float32), 7)
         assert_same_ranking(got_near, expected_near, 1e-5)
     keys = [h.key for h in await history.lexical("t1", "lighthouse", limit=50, scope=scope)]
     assert copy.around(keys, 2) == await history.around("t1", keys, radius=2)
@@ -156,6 +159,27 @@ async def test_the_copy_answers_as_the_stores_do_as_rows_come_move_and_go(
     assert [m.message.id for m in copy.recent("s1", 10)] == [f"m{i}" for i in range(400, 405)]
 
 
+async def test_a_large_copys_quantised_scan_answers_as_pgvector_does(
+    stores: tuple[PostgresProjectionStore, PgvectorVectorStore],
+) -> None:
+    history, vectors = stores
+    indexes = HotIndexes(history, vectors, max_rows=100_000)
+    scope = Scope(session_id="big")
+    records = [
+        message("t1", "big", f"m{i}", f"{TEXTS[i % len(TEXTS)]} number {i}", i)
+        for i in range(MIN_ROWS + 500)
+    ]
+    await apply(stores, records)
+    copy = await current(indexes, scope, records[-1].position)
+    await indexes.settle()
+    assert copy.vectors.segment is not None  # the int8 first pass is in use
+    for text in TEXTS:
+        probe = fake_vector(f"{text} number 17")
+        expected = await vectors.nearest("t1", probe, limit=50, scope=scope)
+        got = await copy.nearest(np.asarray(probe, np.float32), 50)
+        assert_same_ranking(got, expected, 1e-5)
+
+
 async def test_a_copy_is_used_only_when_current_and_loaded_again_after_a_rebuild(
     stores: tuple[PostgresProjectionStore, PgvectorVectorStore],
 ) -> None:
@@ -178,10 +202,10 @@ async def test_copies_are_kept_within_their_row_budget(
     stores: tuple[PostgresProjectionStore, PgvectorVectorStore],
 ) -> None:
     history, vectors = stores
-    indexes = HotIndexes(history, vectors, max_rows=100)
+    indexes = HotIndexes(history, vectors, max_rows=50)
     await apply(stores, turns("t1", "s1", 30) + turns("t1", "s2", 30))
     first = await current(indexes, Scope(session_id="s1"), None)
-    assert first.rows == 60  # 30 turns and their 30 vectors
+    assert first.rows == 30  # turns, each with its vector
     await current(indexes, Scope(session_id="s2"), None)
     # Both do not fit: the one used last stays.
     assert await indexes.current("t1", Scope(session_id="s1"), marks(None)) is None
@@ -193,9 +217,21 @@ async def test_a_turn_older_than_5000_later_turns_is_found_by_a_query_that_names
 ) -> None:
     history, vectors = stores
     tenant = f"old-{'memory' if memory else 'stores'}"
-    fact = message(tenant, "long", "fact", "My first car was a green Saab 900 called Olive.", 0)
+    embedder = QueryEmbedder.load(settings.home / "models")
+    # Real vectors (the model's own, as the enricher stores them): the later turns repeat
+    # a few texts, so each distinct text is embedded once.
+    said = {t: embedder.embed(t) for t in [FACT, *TEXTS]}
+
+    def embedded(record: Record, text: str) -> Record:
+        assert record.enrichment is not None
+        return replace(record, enrichment=replace(record.enrichment, vector=said[text]))
+
+    fact = embedded(message(tenant, "long", "fact", FACT, 0), FACT)
     later = [
-        message(tenant, "long", f"later{i}", f"{TEXTS[i % len(TEXTS)]} ({i})", i + 1)
+        embedded(
+            message(tenant, "long", f"later{i}", f"{TEXTS[i % len(TEXTS)]} ({i})", i + 1),
+            TEXTS[i % len(TEXTS)],
+        )
         for i in range(6_000)
     ]
     await apply(stores, [fact, *later])
@@ -210,15 +246,14 @@ async def test_a_turn_older_than_5000_later_turns_is_found_by_a_query_that_names
         vectors=[vectors],
         graph=None,
         sessions=None,
-        embedder=QueryEmbedder.load(settings.home / "models"),
+        embedder=embedder,
         counter=TokenCounter.load(),
         hot=hot,
     )
     ask = "What was my first car, the green Saab called?"
     try:
-        if hot is not None:  # the first call starts loading the copy
-            await rehydrator.rehydrate(tenant, "long", ask, 600, deadline_ms=5000)
-            await hot.settle()
+        if hot is not None:
+            assert await rehydrator.prepare(tenant, "long")
         context = await rehydrator.rehydrate(tenant, "long", ask, 600, deadline_ms=5000)
     finally:
         await client.aclose()

@@ -122,9 +122,7 @@ async def rehydrator(
     async with open_rehydrator(settings) as opened:
         if memory:  # warm: each scope's copy loaded before the faults
             for scope in SCOPES:
-                await opened.rehydrate(TENANT, SESSION, QUESTION, scope=scope, user_id=USER)
-            assert opened._hot is not None
-            await opened._hot.settle()
+                assert await opened.prepare(TENANT, SESSION, scope=scope, user_id=USER)
         yield opened
 
 

@@ -1,4 +1,4 @@
-"""The fusion's three steps, each shown by the smallest case that needs it."""
+"""The fusion's steps, each shown by the smallest case that needs it."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 
 from projectors.position import Position
 from projectors.store import MessageKey, Turn
-from rehydrator.fusion import FusionWeights, fuse, named_speaker
+from rehydrator.fusion import FusionWeights, fuse, named_speakers, without_names
 
 Windows = dict[MessageKey, list[Turn]]
 
@@ -45,14 +45,19 @@ def test_channels_are_z_scored_so_their_scales_do_not_matter() -> None:
     no_window = FusionWeights(window=0.0, speaker=0.0)
     scores = fuse(session, keyed(dense), keyed(lexical), "anything", no_window)
     scaled = fuse(
-        session,
-        keyed(dense),
-        keyed({k: v / 100 for k, v in lexical.items()}),
-        "anything",
-        no_window,
+        session, keyed(dense), keyed({k: v / 100 for k, v in lexical.items()}), "q", no_window
     )
     assert scores == pytest.approx(scaled)
     assert ranked(scores)[0] in {"m1", "m4"}
+
+
+def test_a_turn_a_channel_did_not_return_scores_as_its_lowest_hit() -> None:
+    session = turns(6)
+    no_window = FusionWeights(window=0.0, speaker=0.0, dense=1.0)
+    scores = fuse(session, keyed({"m0": 0.9, "m1": 0.5, "m2": 0.1}), {}, "q", no_window)
+    assert scores["s", "m3"] == scores["s", "m2"] < scores["s", "m1"] < scores["s", "m0"]
+    one = fuse(session, keyed({"m0": 0.9}), {}, "q", no_window)  # no spread: hit 1, others 0
+    assert (one["s", "m0"], one["s", "m3"]) == (1.0, 0.0)
 
 
 def test_a_turn_next_to_a_strong_match_rises_above_an_isolated_weak_one() -> None:
@@ -66,27 +71,48 @@ def test_a_turn_next_to_a_strong_match_rises_above_an_isolated_weak_one() -> Non
     assert with_window["s", "m0"] < with_window["s", "m8"]  # out of reach
 
 
-def test_the_named_speakers_turns_get_the_bonus_only_when_one_is_named() -> None:
-    session = turns(4)
-    dense = keyed({"m0": 0.5, "m1": 0.5, "m2": 0.5, "m3": 0.5})
+def test_neighbours_are_only_the_turns_of_a_hits_window() -> None:
+    session = turns(9)
+    # Two hits far apart: their windows are separate, so m2 and m6 are not neighbours.
+    windows = {("s", "m1"): session["s", "m1"], ("s", "m7"): session["s", "m7"]}
+    dense = keyed({"m1": 1.0, "m7": 0.0})
+    scores = fuse(windows, dense, {}, "q", FusionWeights(speaker=0.0, dense=1.0))
+    assert set(scores) == {("s", f"m{i}") for i in (0, 1, 2, 3, 5, 6, 7, 8)}
+    assert scores["s", "m3"] > scores["s", "m5"]  # next to m1 (the better hit) vs next to m7
+
+
+def test_every_named_speakers_turns_get_the_bonus() -> None:
+    session = turns(6, names=("Ada", "Ben", "Cy"))
+    dense = keyed({f"m{i}": 0.5 for i in range(6)})
     no_window = FusionWeights(window=0.0)
     one = fuse(session, dense, {}, "What did ben say?", no_window)
-    assert one["s", "m1"] == one["s", "m3"] > one["s", "m0"] == one["s", "m2"]
-    both = fuse(session, dense, {}, "Did Ada call Ben?", no_window)
-    assert len(set(both.values())) == 1
-    assert named_speaker("Benedict came", ["Ben"]) is None  # whole words only
+    assert one["s", "m1"] == one["s", "m4"] > one["s", "m0"] == one["s", "m2"]
+    two = fuse(session, dense, {}, "Did Ada call Ben?", no_window)
+    assert two["s", "m0"] == two["s", "m1"] > two["s", "m2"]
+    assert named_speakers("Benedict came", ["Ben"]) == set()  # whole words only
 
 
 def test_roles_are_not_speaker_names() -> None:
     session = turns(4, names=(None,))
-    scores = fuse(session, keyed({"m0": 0.2, "m1": 0.2}), {}, "what did the user say")
-    assert len(set(scores.values())) == 1
+    dense = keyed({"m0": 0.2, "m1": 0.4})
+    scores = fuse(session, dense, {}, "what did the user say")
+    assert scores == fuse(session, dense, {}, "what did the user say", FusionWeights(speaker=0))
+
+
+def test_the_dense_query_leaves_out_the_speakers_names() -> None:
+    names = ["Caroline", "Mel"]
+    assert without_names("What did Caroline's sister tell Mel?", names) == "What did sister tell ?"
+    assert without_names("Did Caroline\u2019s dog bark?", names) == "Did dog bark?"
+    assert without_names("Caroline?", names) == "Caroline?"  # nothing else left: kept
+    assert without_names("Melanie and Carolines", names) == "Melanie and Carolines"
+    assert without_names("Anything", []) == "Anything"
 
 
 def test_a_missing_channel_leaves_the_other_to_rank_alone() -> None:
     session = turns(5)
     lexical = keyed({"m3": 5.0, "m1": 1.0})
     scores = fuse(session, {}, lexical, "q", FusionWeights(window=0.0, speaker=0.0))
-    assert ranked(scores)[:2] == ["m3", "m1"]
+    assert ranked(scores)[0] == "m3"
+    assert scores["s", "m1"] == scores["s", "m0"]  # the lowest hit, and the floor
     assert fuse(session, {}, {}, "q") == dict.fromkeys(session, 0.0)
     assert fuse({}, keyed({"x": 1.0}), {}, "q") == {}
