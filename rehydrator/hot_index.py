@@ -38,9 +38,9 @@ import bisect
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -411,6 +411,28 @@ class Stale(Exception):
     """A copy moved backwards (its store was rebuilt): it must be loaded again."""
 
 
+class _Part(Protocol):
+    """One store's side of a copy: what a feed's rows and erases are applied to."""
+
+    def add(self, rows: Any) -> None: ...
+
+    def erase(self, erased: Mapping[str, Position]) -> None: ...
+
+    def needs_compaction(self) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _Feed:
+    """Where one part of every copy is read from, and whose watermarks say it is current."""
+
+    projector: str
+    rows: Callable[[str, Scope, Position | None], Awaitable[Any]]
+    """The scope's rows past a position (None: all of them)."""
+    erased_since: Callable[[str, Position | None], Awaitable[dict[str, Position]]]
+    part: Callable[[HotIndex], _Part]
+    """The part of a copy this feed keeps."""
+
+
 class HotIndexes:
     """The copies of the scopes used last, loaded in the background and kept current.
 
@@ -426,20 +448,33 @@ class HotIndexes:
         max_rows: int,
     ) -> None:
         self._history = history
-        self._source = vectors
         self._max_rows = max_rows
+        self._feeds = [
+            _Feed(
+                history.store,
+                lambda tenant, scope, after: history.scan(tenant, scope=scope, after=after),
+                history.erased_since,
+                lambda copy: copy.turns,
+            )
+        ]
+        if vectors is not None:
+            self._feeds.append(
+                _Feed(
+                    vectors.store,
+                    lambda tenant, scope, after: vectors.vectors(tenant, scope=scope, after=after),
+                    vectors.erased_since,
+                    lambda copy: copy.vectors,
+                )
+            )
         self._copies: OrderedDict[tuple[str, Scope], HotIndex] = OrderedDict()
         self._loading: dict[tuple[str, Scope], asyncio.Task[None]] = {}
         self._segmenting: dict[tuple[str, Scope], asyncio.Task[None]] = {}
         self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
 
     @property
-    def parts(self) -> dict[str, str]:
-        """Part → the projector whose watermarks it follows."""
-        parts = {"turns": self._history.store}
-        if self._source is not None:
-            parts["vectors"] = self._source.store
-        return parts
+    def projectors(self) -> list[str]:
+        """The projectors whose watermarks the copies follow (one per store copied)."""
+        return [feed.projector for feed in self._feeds]
 
     async def current(
         self, tenant_id: str, scope: Scope, marks: Mapping[str, Marks]
@@ -491,9 +526,8 @@ class HotIndexes:
                 vectors=_Vectors(),
                 marks=marks,
             )
-            copy.turns.add(await self._history.scan(tenant_id, scope=scope))
-            if self._source is not None:
-                copy.vectors.add(await self._source.vectors(tenant_id, scope=scope))
+            for feed in self._feeds:
+                feed.part(copy).add(await feed.rows(tenant_id, scope, None))
         except Exception as exc:  # a failed load only means the stores are read meanwhile
             self._log.warning("loading the copy of %s %s failed: %r", tenant_id, scope, exc)
             return
@@ -528,30 +562,23 @@ class HotIndexes:
             total -= dropped.rows
 
     async def _refresh(self, copy: HotIndex, marks: Mapping[str, Marks]) -> None:
-        for part, projector in self.parts.items():
-            now = marks[projector]
-            then = copy.marks[projector]
+        for feed in self._feeds:
+            now = marks[feed.projector]
+            then = copy.marks[feed.projector]
             if all(now.get(p) == then.get(p) for p in {*now, *then}):
                 continue
             if any(_behind(now.get(p), then.get(p)) for p in then):
-                raise Stale(part)
+                raise Stale(feed.projector)
             moved = [then.get(p) for p in now if now.get(p) != then.get(p)]
             after = None if any(m is None for m in moved) else min(m for m in moved if m)
-            if part == "turns":
-                rows = await self._history.scan(copy.tenant_id, scope=copy.scope, after=after)
-                erased = await self._history.erased_since(copy.tenant_id, after)
-                copy.turns.add(rows)
-                copy.turns.erase(erased)
-                if copy.turns.needs_compaction():
-                    raise Stale(part)
-            elif self._source is not None:
-                stored = await self._source.vectors(copy.tenant_id, scope=copy.scope, after=after)
-                erased = await self._source.erased_since(copy.tenant_id, after)
-                copy.vectors.add(stored)
-                copy.vectors.erase(erased)
-                if copy.vectors.needs_compaction():
-                    raise Stale(part)
-            copy.marks[projector] = dict(now)
+            part = feed.part(copy)
+            rows = await feed.rows(copy.tenant_id, copy.scope, after)
+            erased = await feed.erased_since(copy.tenant_id, after)
+            part.add(rows)
+            part.erase(erased)
+            if part.needs_compaction():
+                raise Stale(feed.projector)
+            copy.marks[feed.projector] = dict(now)
         self._evict()
         self._start_segmenting(copy)
 

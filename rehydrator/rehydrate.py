@@ -301,7 +301,7 @@ class Rehydrator:
         marks = await log_tail.watermarks(
             self._redis, partitions, self._projectors, self._reads_enriched
         )
-        wanted = {n: {p: m.get(n) for p, m in marks.items()} for n in hot.parts.values()}
+        wanted = {n: {p: m.get(n) for p, m in marks.items()} for n in hot.projectors}
         if await hot.current(tenant_id, chosen, wanted) is None:
             await hot.settle()
         return await hot.current(tenant_id, chosen, wanted) is not None
@@ -470,7 +470,7 @@ class Rehydrator:
             return None
         marks = {
             projector: {p: m.get(projector) for p, m in view.watermarks.items()}
-            for projector in hot.parts.values()
+            for projector in hot.projectors
         }
         copy = await call.within("memory", "memory", lambda: hot.current(tenant_id, scope, marks))
         if copy is None:
