@@ -59,7 +59,7 @@ from projectors.store import (
     VectorSource,
     participant,
 )
-from rehydrator.vector_scan import MIN_ROWS, Int8Segment, top
+from rehydrator.vector_scan import MIN_ROWS, Int8Segment, best_rows, top
 
 Marks = Mapping[int, Position | None]
 """Partition → a projector's watermark there."""
@@ -67,17 +67,6 @@ Marks = Mapping[int, Position | None]
 _GROW = 1.5
 _COMPACT_SHARE = 0.5
 """Rebuild a copy's arrays once this share of its rows is dead (erased or replaced)."""
-
-
-def _top(scores: npt.NDArray[np.float64], limit: int) -> npt.NDArray[np.intp]:
-    """Rows of the ``limit`` best finite scores, best first (ties: lower row first)."""
-    finite = np.flatnonzero(np.isfinite(scores))
-    if len(finite) > limit:
-        part = np.argpartition(-scores[finite], limit - 1)[:limit]
-        finite = finite[part]
-    order = np.lexsort((finite, -scores[finite]))
-    top: npt.NDArray[np.intp] = finite[order]
-    return top
 
 
 class _Column:
@@ -251,7 +240,10 @@ class _Turns:
         scores[scores <= 0] = -np.inf
         # The store orders ties by key; so do we, on the few rows returned.
         return sorted(
-            ((self.turns[r].key, float(scores[r])) for r in _top(scores, limit)),
+            (
+                (self.turns[r].key, float(scores[r]))
+                for r in best_rows(scores, np.flatnonzero(np.isfinite(scores)), limit)
+            ),
             key=lambda h: (-h[1], h[0]),
         )
 

@@ -107,10 +107,15 @@ def top(
         candidates = np.concatenate([near, tail])
         scores = np.full(used, -np.inf, dtype=np.float32)
         scores[candidates] = matrix[candidates] @ query
-    if len(candidates) > limit:
-        chosen = candidates[np.argpartition(-scores[candidates], limit - 1)[:limit]]
-    else:
-        chosen = candidates
-    order = np.lexsort((chosen, -scores[chosen]))
-    best: npt.NDArray[np.intp] = chosen[order]
+    best = best_rows(scores, candidates, limit)
     return best, scores[best]
+
+
+def best_rows(
+    scores: npt.NDArray[np.floating[Any]], candidates: npt.NDArray[np.intp], limit: int
+) -> npt.NDArray[np.intp]:
+    """The ``limit`` best of ``candidates`` by ``scores``, best first (ties: lower row first)."""
+    if len(candidates) > limit:
+        candidates = candidates[np.argpartition(-scores[candidates], limit - 1)[:limit]]
+    best: npt.NDArray[np.intp] = candidates[np.lexsort((candidates, -scores[candidates]))]
+    return best
