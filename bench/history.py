@@ -25,15 +25,10 @@ import orjson
 import redis.asyncio as aioredis
 
 from producer.importer import read_history
+from projectors.enricher import enriched_entry
 from projectors.enrichment.embedder import Embedder
-from projectors.enrichment.entities import extract_entities
 from projectors.records import (
-    ENTITIES_FIELD,
-    MODEL_FIELD,
-    SOURCE_FIELD,
-    TOKENS_FIELD,
     VECTOR_DTYPE,
-    VECTOR_FIELD,
 )
 from schemas.constants import ENRICHER, ENTRY_FIELD, enriched_key, group_name, log_key
 from schemas.events import Message
@@ -148,17 +143,10 @@ async def _write(
         for (entry_id, fields), envelope, text, count in zip(
             chunk, envelopes, texts, tokens, strict=True
         ):
-            entry: dict[str, Any] = {
-                ENTRY_FIELD: fields[ENTRY_FIELD.encode()],
-                SOURCE_FIELD: entry_id,
-            }
+            message = None
             if envelope["type"] == "message.appended":
-                entry |= {
-                    VECTOR_FIELD: cache[text],
-                    TOKENS_FIELD: count,
-                    ENTITIES_FIELD: orjson.dumps(extract_entities(text)),
-                    MODEL_FIELD: embedder.model_name,
-                }
-            pipe.xadd(enriched_key(partition), entry)  # type: ignore[arg-type]
+                message = (cache[text], count, text, embedder.model_name)
+            entry = enriched_entry(fields[ENTRY_FIELD.encode()], entry_id, message)
+            pipe.xadd(enriched_key(partition), entry)
         await pipe.execute()
     return len(chunk)

@@ -50,23 +50,17 @@ from raw_writes import RAW_WRITERS, graph_nodes, mongo_messages
 
 from producer import Producer
 from producer.importer import read_history
-from projectors.enricher import Enricher
+from projectors.enricher import Enricher, enriched_entry
 from projectors.enrichment.embedder import Embedder
-from projectors.enrichment.entities import extract_entities
 from projectors.projector import Projector, StoreProjector
 from projectors.records import (
-    ENTITIES_FIELD,
-    MODEL_FIELD,
-    SOURCE_FIELD,
-    TOKENS_FIELD,
     VECTOR_DTYPE,
-    VECTOR_FIELD,
     Record,
     record_from_enriched,
     record_from_log,
 )
 from projectors.runtime import Worker
-from schemas.constants import ENTRY_FIELD, enriched_key, group_name, log_key
+from schemas.constants import enriched_key, group_name, log_key
 from schemas.events import Message, MessageAppended
 from stack.embedded import control
 from stack.projections import build_store, reads_enriched
@@ -155,17 +149,9 @@ async def fake_enrichment(settings: Settings, embedder: Embedder) -> int:
                     for (entry_id, fields), text, tok, vec in zip(
                         chunk, texts, tokens, vectors, strict=True
                     ):
-                        pipe.xadd(
-                            enriched_key(n),
-                            {
-                                ENTRY_FIELD: fields[b"event"],
-                                SOURCE_FIELD: entry_id,
-                                VECTOR_FIELD: vec.tobytes(),
-                                TOKENS_FIELD: tok,
-                                ENTITIES_FIELD: orjson.dumps(extract_entities(text)),
-                                MODEL_FIELD: embedder.model_name,
-                            },
-                        )
+                        message = (vec.tobytes(), tok, text, embedder.model_name)
+                        entry = enriched_entry(fields[b"event"], entry_id, message)
+                        pipe.xadd(enriched_key(n), entry)
                     await pipe.execute()
                 written += len(chunk)
     finally:

@@ -16,6 +16,7 @@ from collections.abc import Sequence
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
+from redis.typing import EncodableT, FieldT
 
 from projectors.enrichment.embedder import Embedder
 from projectors.enrichment.entities import extract_entities
@@ -91,29 +92,41 @@ class Enricher(Projector):
         self._hooks.after_embed(len(texts), time.perf_counter() - started)
         tokens = self._embedder.count_tokens(texts) if texts else []
         model = self._embedder.model_name
-        args: list[bytes | str | int] = [self.group, len(batch)]
+        args: list[EncodableT] = [self.group, len(batch)]
         k = 0
         for entry_id, record in batch:
-            fields: list[bytes | str | int] = [ENTRY_FIELD, record.raw, SOURCE_FIELD, entry_id]
             is_message = isinstance(record.event, MessageAppended)
             if is_message:
-                fields += [
-                    VECTOR_FIELD,
-                    np.asarray(vectors[k], dtype=VECTOR_DTYPE).tobytes(),
-                    TOKENS_FIELD,
-                    tokens[k],
-                    ENTITIES_FIELD,
-                    orjson.dumps(extract_entities(texts[k])),
-                    MODEL_FIELD,
-                    model,
-                ]
+                vector = np.asarray(vectors[k], dtype=VECTOR_DTYPE).tobytes()
+                entry = enriched_entry(record.raw, entry_id, (vector, tokens[k], texts[k], model))
                 k += 1
-            args += [entry_id, int(is_message), len(fields) // 2, *fields]
+            else:
+                entry = enriched_entry(record.raw, entry_id)
+            fields = [x for pair in entry.items() for x in pair]
+            args += [entry_id, int(is_message), len(entry), *fields]
         partition = batch[0][1].partition
         keys = [stream, enriched_key(partition), embedded_counter_key(partition)]
         if self._script is None:
             self._script = redis.register_script(ENRICH_LUA)  # EVALSHA, reloaded on NOSCRIPT
         await self._script(keys=keys, args=args, client=redis)
+
+
+def enriched_entry(
+    raw: bytes, source: bytes | str, message: tuple[bytes, int, str, str] | None = None
+) -> dict[FieldT, EncodableT]:
+    """The fields of one enriched-stream entry: the log entry verbatim and its id, and for
+    a message ``(vector as VECTOR_DTYPE bytes, token count, text, model)`` its vector, token
+    count, entities and model."""
+    entry: dict[FieldT, EncodableT] = {ENTRY_FIELD: raw, SOURCE_FIELD: source}
+    if message is not None:
+        vector, tokens, text, model = message
+        entry |= {
+            VECTOR_FIELD: vector,
+            TOKENS_FIELD: tokens,
+            ENTITIES_FIELD: orjson.dumps(extract_entities(text)),
+            MODEL_FIELD: model,
+        }
+    return entry
 
 
 async def embedded_total(redis: aioredis.Redis, partitions: int) -> int:
