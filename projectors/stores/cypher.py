@@ -138,17 +138,6 @@ WITH count(*) AS done
 """
 
 _REPLIES = """
-UNWIND $messages AS row
-MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
-WHERE m.pos = row.pos
-WITH row, m
-MATCH (m)-[r:REPLY_TO]->(p:Message {tenant_id: row.tenant_id})
-WHERE row.parent_key IS NULL OR p.key <> row.parent_key
-DELETE r
-WITH count(*) AS done
-"""
-
-_REPLIES = """
 UNWIND $replies AS row
 MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
 WHERE m.pos = row.pos
