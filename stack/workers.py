@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import faulthandler
+import io
 import logging
 import os
 import signal
+import sys
 from collections.abc import Sequence
 
 from projectors.metrics import PrometheusMiddleware
@@ -20,6 +22,9 @@ from stack.projections import build_projector, qdrant_is_local, select
 from stack.settings import Settings
 
 WORKER_INDEX_VAR = "AMEM_WORKER_INDEX"
+TEARDOWN_S = 10.0
+"""How long a stopped worker waits for its leftover tasks to end before it exits anyway."""
+_log = logging.getLogger("stack.workers")
 
 
 def share(settings: Settings, names: Sequence[str], workers: int) -> list[tuple[str, ...]]:
@@ -51,7 +56,37 @@ def main() -> None:
     # `kill -USR1 <pid>` prints every thread's stack to stderr: a stuck worker explains itself.
     faulthandler.register(signal.SIGUSR1, all_threads=True)
     worker = build_worker(Settings.from_env())
-    asyncio.run(worker.app.run())
+    runner = asyncio.Runner()
+    failed = False
+    try:
+        runner.run(worker.app.run())
+    except Exception:
+        _log.exception("the worker stopped on an error")
+        failed = True
+    if not runner.run(_cancel_leftovers(TEARDOWN_S)):
+        # A worker must exit for its supervisor to restart it, even when a task it leaves
+        # behind ignores cancellation (the runner's close would wait for it forever); the
+        # OS releases whatever the process held.
+        logging.shutdown()
+        os._exit(1)
+    runner.close()
+    if failed:
+        sys.exit(1)
+
+
+async def _cancel_leftovers(seconds: float) -> bool:
+    """Cancel every other task; False, with the stack of each, if some outlive ``seconds``."""
+    others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+    for task in others:
+        task.cancel()
+    if not others:
+        return True
+    _, stuck = await asyncio.wait(others, timeout=seconds)
+    for task in stuck:
+        stack = io.StringIO()
+        task.print_stack(file=stack)
+        _log.error("task %s ignored its cancellation:\n%s", task.get_name(), stack.getvalue())
+    return not stuck
 
 
 if __name__ == "__main__":

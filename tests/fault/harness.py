@@ -38,6 +38,8 @@ FAULT_ENV = {
 STARTUP_S = 120.0
 """A worker that has not started consuming by then is stuck (a start takes 5-15 s here)."""
 STOP_S = 60.0
+MAX_CRASHES = 2
+"""Starts that may fail (and be restarted) per test: a failure more often is a bug."""
 NAMES = ("Alice", "Bob", "Lisbon", "Kyoto", "Ada Lovelace", "Mount Fuji", "Paris")
 
 
@@ -70,6 +72,8 @@ class Workers:
         self.starts = 0
         self.current_log: list[Path] = [logs] * count
         self.kills = 0
+        self.crashed: list[Path] = []
+        """The logs of the starts that exited on their own, before consuming."""
 
     def start(self, index: int) -> None:
         env = {
@@ -91,7 +95,15 @@ class Workers:
         while b" runs " not in self.current_log[index].read_bytes():
             proc = self.procs[index]
             assert proc is not None
-            assert proc.poll() is None, f"worker {index} died: see {self.current_log[index]}"
+            if proc.poll() is not None:
+                # As compose's `restart: unless-stopped` would; a worker that keeps failing
+                # to start fails the test.
+                self.crashed.append(self.current_log[index])
+                assert len(self.crashed) <= MAX_CRASHES, (
+                    f"worker {index} died {len(self.crashed)} times:\n" + self.tail()
+                )
+                self.start(index)
+                deadline = loop.time() + STARTUP_S
             if loop.time() > deadline:
                 self._dump_stacks(proc)
                 raise AssertionError(
@@ -140,10 +152,17 @@ class Workers:
                 proc.wait(1.0)
 
     def tail(self) -> str:
+        """Each worker log's start (its error, if it failed to start) and end (its stacks)."""
         return "\n".join(
-            f"--- {p.name}\n" + p.read_text(errors="replace")[-3000:]
+            f"--- {p.name}\n" + _ends(p.read_text(errors="replace"), 3000)
             for p in sorted(self.logs.glob("worker-*.log"))
         )
+
+
+def _ends(text: str, each: int) -> str:
+    if len(text) <= 2 * each:
+        return text
+    return f"{text[:each]}\n[... {len(text) - 2 * each} characters ...]\n{text[-each:]}"
 
 
 @asynccontextmanager
