@@ -24,6 +24,7 @@ from pymongo import AsyncMongoClient, UpdateOne
 from qdrant_client import AsyncQdrantClient, models
 
 from projectors.records import Record, split
+from projectors.stores.archive import event_columns
 from projectors.stores.cypher import KEYS, LOOKUPS, _message_row, upsert
 from projectors.stores.mongo import Entry, escape, session_key, time_text
 from projectors.stores.pgvector import _vector_literal
@@ -60,13 +61,7 @@ async def postgres(settings: Settings, batches: Batches) -> float:
                     """INSERT INTO bench_raw_archive SELECT * FROM unnest($1::int[],
                         $2::bigint[], $3::bigint[], $4::text[], $5::text[], $6::text[],
                         $7::text[])""",
-                    [r.partition for r in batch],
-                    [r.position.ms for r in batch],
-                    [r.position.seq for r in batch],
-                    [r.event.tenant_id for r in batch],
-                    [r.event.session_id for r in batch],
-                    [r.event.TYPE for r in batch],
-                    [r.raw.decode() for r in batch],
+                    *event_columns(batch),
                 )
         return time.perf_counter() - started
     finally:

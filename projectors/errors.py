@@ -19,3 +19,7 @@ class StoreUnavailableError(ProjectorError):
 
 class ApplyError(ProjectorError):
     """The store refused an entry; after ``max_deliveries`` it is dead-lettered with this."""
+
+
+class ArchiveError(ProjectorError):
+    """The archive cannot give what was asked (a message without the enrichment asked for)."""

@@ -6,6 +6,10 @@ The runtime calls every hook of every middleware; a middleware implements the on
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from projectors.retention import LogState
 
 
 class Middleware:
@@ -31,6 +35,9 @@ class Middleware:
 
     def on_lag(self, projector: str, partition: int, lag: int, pending: int) -> None:
         """Periodic reading of the projector's consumer group on one partition."""
+
+    def after_trim(self, state: LogState) -> None:
+        """The streams were trimmed; ``state`` is what they hold now."""
 
 
 class Hooks(Middleware):
@@ -66,3 +73,7 @@ class Hooks(Middleware):
     def on_lag(self, projector: str, partition: int, lag: int, pending: int) -> None:
         for m in self._middleware:
             m.on_lag(projector, partition, lag, pending)
+
+    def after_trim(self, state: LogState) -> None:
+        for m in self._middleware:
+            m.after_trim(state)

@@ -7,6 +7,8 @@ from wsgiref.simple_server import WSGIServer
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from projectors.hooks import Middleware
+from projectors.position import Position
+from projectors.retention import LogState
 
 
 class PrometheusMiddleware(Middleware):
@@ -53,6 +55,28 @@ class PrometheusMiddleware(Middleware):
             registry=registry,
         )
 
+        self.hot_entries = Gauge(
+            "amem_log_hot_entries",
+            "Entries a stream of the log server holds (the hot window)",
+            ["stream", "partition"],
+            registry=registry,
+        )
+        self.oldest_ms = Gauge(
+            "amem_log_oldest_entry_ms",
+            "Time part of the id of a stream's oldest entry (0: empty)",
+            ["stream", "partition"],
+            registry=registry,
+        )
+        self.archived_ms = Gauge(
+            "amem_archive_position_ms",
+            "Time part of the furthest log id the archive holds per partition",
+            ["partition"],
+            registry=registry,
+        )
+        self.memory = Gauge(
+            "amem_log_server_memory_bytes", "used_memory of the log server", registry=registry
+        )
+
     def after_startup(self) -> None:
         if self.port:
             self._server, _ = start_http_server(self.port, registry=self.registry)
@@ -79,3 +103,14 @@ class PrometheusMiddleware(Middleware):
     def on_lag(self, projector: str, partition: int, lag: int, pending: int) -> None:
         self.lag.labels(projector, str(partition)).set(lag)
         self.pending.labels(projector, str(partition)).set(pending)
+
+    def after_trim(self, state: LogState) -> None:
+        self.memory.set(state.memory_bytes)
+        for p in state.partitions:
+            partition = str(p.partition)
+            for kind, stream in (("log", p.log), ("enriched", p.enriched)):
+                self.hot_entries.labels(kind, partition).set(stream.hot)
+                oldest = Position.parse(stream.oldest).ms if stream.oldest else 0
+                self.oldest_ms.labels(kind, partition).set(oldest)
+            if p.archived is not None:
+                self.archived_ms.labels(partition).set(p.archived.ms)

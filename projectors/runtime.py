@@ -35,8 +35,9 @@ from projectors.deadletter import Refused, dead_letter, error_field
 from projectors.hooks import Hooks, Middleware
 from projectors.lag import group_state
 from projectors.projector import Entry, Projector, StoreProjector
+from projectors.retention import trim_forever
 from projectors.settings import RuntimeSettings
-from schemas.constants import digest_request_key, errors_key
+from schemas.constants import ARCHIVE, digest_request_key, errors_key
 from schemas.errors import ValidationError
 
 LOG_SERVER_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
@@ -122,13 +123,23 @@ class Worker:
     async def _create_group(self, projector: Projector, partition: int) -> None:
         # Groups start at 0, never "$": a new projector must see all history. FastStream
         # would create missing groups at "$", so they must exist before it starts.
+        stream = projector.source_key(partition)
         try:
-            await self.redis.xgroup_create(
-                projector.source_key(partition), projector.group, id="0", mkstream=True
-            )
+            await self.redis.xgroup_create(stream, projector.group, id="0", mkstream=True)
         except ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+            return
+        info = await self.redis.xinfo_stream(stream)
+        if info.get("entries-added", 0) > info["length"]:
+            # A new group on a trimmed stream sees only the hot window; the rest is archived.
+            self._log.warning(
+                "%s starts on %s, which has been trimmed: run `amem project rebuild %s` to "
+                "replay its archived history",
+                projector.name,
+                stream,
+                projector.name,
+            )
 
     async def _start_with_retry(self, projector: Projector) -> None:
         delay = self.settings.retry_initial_s
@@ -144,6 +155,23 @@ class Worker:
     async def _after_startup(self) -> None:
         self.hooks.after_startup()
         self._tasks.append(asyncio.create_task(self._watch_lag()))
+        if self.settings.retain is not None and self.settings.trim_interval_s > 0:
+            archive = next((p for p in self.projectors if p.name == ARCHIVE), None)
+            self._tasks.append(
+                asyncio.create_task(
+                    trim_forever(
+                        self.redis,
+                        self.settings,
+                        holder=self.consumer,
+                        hooks=self.hooks,
+                        stopping=self._stopping,
+                        archived=archive.store.positions
+                        if isinstance(archive, StoreProjector)
+                        else None,
+                        transient=LOG_SERVER_ERRORS,
+                    )
+                )
+            )
         self._reclaimers = [
             asyncio.create_task(self._reclaim_loop(p, n))
             for p in self.projectors

@@ -4,7 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from projectors.retention import RetainWindow
 from schemas.limits import DEFAULT_LIMITS, Limits
+
+DEFAULT_RETAIN = RetainWindow(count=10_000)
+"""Each partition's streams keep their newest 10,000 entries (about 35 MB of log-server
+memory for 8 partitions); the archive holds everything."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -25,4 +30,8 @@ class RuntimeSettings:
     graceful_timeout_s: float = 30.0
     """On SIGTERM, how long the batch in hand may take to finish."""
     lag_interval_s: float = 5.0
+    retain: RetainWindow | None = DEFAULT_RETAIN
+    """The hot window each stream keeps; None: nothing is ever trimmed."""
+    trim_interval_s: float = 60.0
+    """How often one of the workers trims the streams (0: workers never trim)."""
     limits: Limits = DEFAULT_LIMITS

@@ -8,7 +8,7 @@ validation are not messages; they are in the dead-letter streams. Each projectio
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -16,6 +16,7 @@ import redis.asyncio as aioredis
 
 from projectors.position import Position
 from projectors.records import Digest, Record, SessionKey, record_from_enriched, record_from_log
+from projectors.stores.archive import PostgresArchiveStore
 from schemas.constants import enriched_key, log_key
 from schemas.digest import content_hash
 from schemas.errors import ValidationError
@@ -102,7 +103,7 @@ class _Replay:
         return out
 
 
-async def _scan(redis: aioredis.Redis, key: str) -> Iterable[tuple[bytes, dict[bytes, bytes]]]:
+async def _scan(redis: aioredis.Redis, key: str) -> StreamEntries:
     start = "-"
     entries: StreamEntries = []
     while True:
@@ -119,16 +120,40 @@ async def log_digest(
     *,
     tenant_id: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    archive: PostgresArchiveStore | None = None,
 ) -> tuple[Digest, int]:
-    """The expected state, and how many log entries are invalid (dead-letter material)."""
+    """The expected state, and how many log entries are invalid (dead-letter material).
+
+    With ``archive``, what it holds before each stream's first entry counts too: the
+    whole log, trimmed or not.
+    """
     replay, invalid = _Replay(tenant_id), 0
     for n in range(partitions):
-        for entry_id, fields in await _scan(redis, log_key(n)):
+        entries = await _scan(redis, log_key(n))
+        for entry_id, fields in entries:
             try:
                 replay.add(record_from_log(n, entry_id, fields, limits))
             except ValidationError:
                 invalid += 1
+        first = Position.parse(entries[0][0]) if entries else None
+        await _add_archived(replay, archive, n, first, limits)
     return replay.digest(), invalid
+
+
+async def _add_archived(
+    replay: _Replay,
+    archive: PostgresArchiveStore | None,
+    partition: int,
+    first: Position | None,
+    limits: Limits,
+) -> None:
+    """Fold in what the archive holds before the stream's first entry, read after the
+    stream: whatever was trimmed meanwhile was archived first, and folding is idempotent."""
+    if archive is None:
+        return
+    async for page in archive.history(partition, before=first, limits=limits):
+        for record in page:
+            replay.add(record)
 
 
 async def enriched_digest(
@@ -137,12 +162,17 @@ async def enriched_digest(
     *,
     tenant_id: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
+    archive: PostgresArchiveStore | None = None,
 ) -> Digest:
-    """What the enricher has produced, folded like the log."""
+    """What the enricher has produced, folded like the log (with ``archive``, including what
+    was trimmed from the enriched stream)."""
     replay = _Replay(tenant_id)
     for n in range(partitions):
-        for _, fields in await _scan(redis, enriched_key(n)):
-            replay.add(record_from_enriched(n, fields, limits))
+        entries = await _scan(redis, enriched_key(n))
+        records = [record_from_enriched(n, fields, limits) for _, fields in entries]
+        for record in records:
+            replay.add(record)
+        await _add_archived(replay, archive, n, records[0].position if records else None, limits)
     return replay.digest()
 
 

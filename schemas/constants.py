@@ -40,6 +40,8 @@ def dedup_key(partition: int, kind: str, tenant_id: str, session_id: str, ident:
 GROUP_PREFIX = f"{KEY_PREFIX}:"
 ENRICHER = "enricher"
 """Computes embedding, token count and entities once per message into the enriched stream."""
+ARCHIVE = "archive"
+"""Keeps every valid event and its enrichment in Postgres: the log below the hot window."""
 
 
 def group_name(projector: str) -> str:
@@ -73,6 +75,10 @@ def embedded_counter_key(partition: int) -> str:
     message once; a rebuild that reuses stored vectors leaves it unchanged.
     """
     return f"{KEY_PREFIX}:stats:embedded:{{{partition}}}"
+
+
+TRIM_LOCK_KEY = f"{KEY_PREFIX}:retention:lock"
+"""Held by the worker that trims the streams this round; the others skip it."""
 
 
 def digest_request_key(projector: str) -> str:

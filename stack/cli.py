@@ -19,6 +19,7 @@ from schemas.events import Message
 from schemas.validation import validate_message
 from stack import health, worker_pool
 from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
+from stack.cli_log import log_app
 from stack.cli_project import dlq_app, project_app, verify
 from stack.cli_rehydrate import rehydrate
 from stack.cli_serve import serve
@@ -29,6 +30,7 @@ from stack.settings import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 app.add_typer(project_app, name="project")
 app.add_typer(dlq_app, name="dlq")
+app.add_typer(log_app, name="log")
 app.command()(verify)
 app.command()(rehydrate)
 app.command()(serve)
@@ -70,7 +72,7 @@ def status(json: JsonFlag = False) -> None:
     checks = asyncio.run(health.check_all(settings))
     log = projectors = None
     if settings.redis_url is not None and next(c.ok for c in checks if c.name == "redis"):
-        log = asyncio.run(health.log_status(settings.redis_url, settings.producer.partitions))
+        log = asyncio.run(health.log_status(settings, settings.redis_url))
         projectors = asyncio.run(
             health.projector_status(
                 settings.redis_url, select(settings), settings.runtime.partitions
@@ -85,15 +87,36 @@ def status(json: JsonFlag = False) -> None:
             table.add_row(c.name, ok, c.detail, str(c.latency_ms or ""), c.url or "")
         out.print(table)
         if log is not None:
-            parts = Table("partition", "entries", title=f"log: {log.partitions or 'no'} partitions")
-            for n, count in enumerate(log.entries):
-                parts.add_row(str(n), str(count))
-            parts.add_row("total", str(sum(log.entries)))
-            out.print(parts)
+            out.print(_log_table(log))
         if projectors is not None:
             _print_projectors(projectors, worker_pool.running(settings))
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
+
+
+def _log_table(log: health.LogStatus) -> Table:
+    """Per partition what the hot window holds and how far the archive reaches."""
+    memory = log.state.memory_bytes / 2**20
+    table = Table(
+        "partition",
+        "log entries",
+        "oldest log id",
+        "enriched entries",
+        "oldest enriched id",
+        "archived up to",
+        title=f"log: {log.partitions or 'no'} partitions, log server memory {memory:.1f} MiB",
+    )
+    for p in log.state.partitions:
+        table.add_row(
+            str(p.partition),
+            str(p.log.hot),
+            p.log.oldest or "",
+            str(p.enriched.hot),
+            p.enriched.oldest or "",
+            "" if p.archived is None else str(p.archived),
+        )
+    table.add_row("total", str(sum(p.log.hot for p in log.state.partitions)))
+    return table
 
 
 def _status_json(
@@ -108,7 +131,23 @@ def _status_json(
             "services": [c.as_json() for c in checks],
             "log": None
             if log is None
-            else {"partitions": log.partitions, "entries": log.entries, "total": sum(log.entries)},
+            else {
+                "partitions": log.partitions,
+                "memory_bytes": log.state.memory_bytes,
+                "entries": [p.log.hot for p in log.state.partitions],
+                "total": sum(p.log.hot for p in log.state.partitions),
+                "streams": [
+                    {
+                        "partition": p.partition,
+                        "log_entries": p.log.hot,
+                        "log_oldest": p.log.oldest,
+                        "enriched_entries": p.enriched.hot,
+                        "enriched_oldest": p.enriched.oldest,
+                        "archived": None if p.archived is None else str(p.archived),
+                    }
+                    for p in log.state.partitions
+                ],
+            },
             "projectors": None
             if projectors is None
             else {

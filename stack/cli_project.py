@@ -13,11 +13,11 @@ from rich.table import Table
 
 from projectors.deadletter import list_dead_letters, retry_dead_letters
 from projectors.lag import GroupState, group_states
-from schemas.constants import ENRICHER, group_name
+from schemas.constants import ARCHIVE, ENRICHER
 from schemas.errors import ConfigurationError
-from stack import worker_pool
+from stack import rebuilding, worker_pool
 from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
-from stack.projections import PROJECTORS, build_store, qdrant_is_local, reads_enriched, select
+from stack.projections import PROJECTORS, qdrant_is_local, reads_enriched, select
 from stack.settings import Settings
 from stack.verifying import verify_now
 
@@ -119,39 +119,37 @@ def rebuild(
     name: Annotated[str, typer.Argument(help="The projection to rebuild from the log.")],
     json: JsonFlag = False,
 ) -> None:
-    """Empty one projection and replay it from the start of its stream.
+    """Empty one projection and replay it: the archive up to the stream, then the stream.
 
-    Vector stores replay the enriched stream: nothing is embedded again.
+    Vector stores replay the archived and streamed vectors: nothing is embedded again.
     """
     settings = Settings.from_env()
-    if name == ENRICHER:
-        raise ConfigurationError("the enricher is not rebuilt: its stream is the stored vectors")
+    if name in (ENRICHER, ARCHIVE):
+        raise ConfigurationError(
+            f"the {name} is not rebuilt: it holds the stored vectors and events others replay"
+        )
     select(settings, [name])
     if name == "qdrant" and qdrant_is_local(settings) and worker_pool.running(settings):
         raise ConfigurationError(
             "Qdrant local mode is open in a worker: `amem project stop` first, or use a server"
         )
-
-    async def reset() -> None:
-        store = build_store(settings, name)
-        await store.start()
-        try:
-            await store.reset()
-        finally:
-            await store.close()
-        redis = aioredis.Redis.from_url(settings.require_redis())
-        try:
-            for state in await _states(settings, [name]):
-                # Back to the start; ENTRIESREAD 0 keeps the group's lag figure right.
-                await redis.xgroup_setid(state.stream, group_name(name), "0", entries_read=0)
-        finally:
-            await redis.aclose()
-
-    asyncio.run(reset())
+    with Progress(
+        "[progress.description]{task.description}",
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=err,
+        transient=json,
+    ) as progress:
+        task = progress.add_task(f"{name}: archived events replayed", total=None)
+        applied = asyncio.run(
+            rebuilding.rebuild(settings, name, lambda n: progress.advance(task, n))
+        )
     if json:
-        print_json({"rebuilding": name})
+        print_json({"rebuilding": name, "archived_events_applied": applied})
     else:
-        out.print(f"{name}: emptied; its workers replay it from the start")
+        out.print(
+            f"{name}: emptied, {applied} archived events replayed; its workers replay the stream"
+        )
 
 
 @one_line_errors

@@ -14,8 +14,10 @@ from pymongo import AsyncMongoClient
 
 from projectors.enricher import embedded_total
 from projectors.lag import GroupState, dlq_size, group_states
-from schemas.constants import META_KEY, META_PARTITIONS_FIELD, log_key
-from stack.projections import reads_enriched
+from projectors.position import Position
+from projectors.retention import LogState, log_state
+from schemas.constants import ARCHIVE, META_KEY, META_PARTITIONS_FIELD
+from stack.projections import build_store, reads_enriched
 from stack.settings import Settings
 
 TIMEOUT_S = 3.0
@@ -93,21 +95,36 @@ async def check_all(settings: Settings) -> list[Health]:
 class LogStatus:
     partitions: int | None
     """As recorded in the log server; ``None`` before the first append."""
-    entries: list[int]
+    state: LogState
+    """Per partition, the streams' hot entries and oldest ids and the archive's position."""
 
 
-async def log_status(url: str, configured_partitions: int) -> LogStatus:
+async def log_status(settings: Settings, url: str) -> LogStatus:
     client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT_S)
     try:
         recorded = await client.hget(META_KEY, META_PARTITIONS_FIELD)
         partitions = int(recorded) if recorded is not None else None
-        async with client.pipeline(transaction=False) as pipe:
-            for n in range(partitions or configured_partitions):
-                pipe.xlen(log_key(n))
-            entries = [int(x) for x in await pipe.execute()]
-        return LogStatus(partitions, entries)
+        state = await log_state(
+            client, partitions or settings.producer.partitions, await _archived(settings)
+        )
+        return LogStatus(partitions, state)
     finally:
         await client.aclose()
+
+
+async def _archived(settings: Settings) -> dict[int, Position] | None:
+    """The archive's position per partition; None when Postgres cannot say (its health row
+    says why)."""
+    if settings.postgres_url is None:
+        return None
+    archive = build_store(settings, ARCHIVE, pool_size=1)
+    try:
+        await asyncio.wait_for(archive.start(), TIMEOUT_S)
+        return await archive.positions()
+    except (OSError, TimeoutError, asyncpg.PostgresError):
+        return None
+    finally:
+        await archive.close()
 
 
 @dataclass(frozen=True, slots=True)

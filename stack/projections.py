@@ -12,14 +12,14 @@ from projectors.enricher import Enricher
 from projectors.hooks import Middleware
 from projectors.projector import Projector, StoreProjector
 from projectors.store import Projection
-from schemas.constants import ENRICHER
+from schemas.constants import ARCHIVE, ENRICHER
 from schemas.errors import ConfigurationError
 from stack.settings import Settings
 
-STORES = ("postgres", "mongo", "pgvector", "qdrant", "graph", "weaviate")
+STORES = (ARCHIVE, "postgres", "mongo", "pgvector", "qdrant", "graph", "weaviate")
 """Projection names, in the order status and verify list them."""
 PROJECTORS = (ENRICHER, *STORES)
-READ_ENRICHED = frozenset({"pgvector", "qdrant", "graph", "weaviate"})
+READ_ENRICHED = frozenset({ARCHIVE, "pgvector", "qdrant", "graph", "weaviate"})
 """Projections fed by the enriched stream (their stores' ``needs_enrichment``; a test checks)."""
 
 
@@ -50,6 +50,13 @@ def qdrant_is_local(settings: Settings) -> bool:
 
 def build_store(settings: Settings, name: str, *, pool_size: int | None = None) -> Projection:
     """``pool_size``: connections of the Postgres-backed stores (None: the adapter's default)."""
+    if name == ARCHIVE:
+        from projectors.stores.archive import PostgresArchiveStore
+        from projectors.stores.postgres import DEFAULT_POOL_SIZE
+
+        return PostgresArchiveStore(
+            url=settings.require_postgres(), pool_size=pool_size or DEFAULT_POOL_SIZE
+        )
     if name in ("postgres", "pgvector"):
         from projectors.stores.pgvector import PgvectorVectorStore
         from projectors.stores.postgres import DEFAULT_POOL_SIZE, PostgresProjectionStore

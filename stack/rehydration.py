@@ -31,6 +31,7 @@ from rehydrator.hot_index import HotIndexes
 from rehydrator.query_embedding import QueryEmbedder
 from rehydrator.rehydrate import Rehydrator
 from rehydrator.tokens import TokenCounter
+from schemas.constants import ARCHIVE, ENRICHER
 from stack.projections import build_store, qdrant_is_local, reads_enriched, select
 from stack.settings import Settings
 
@@ -60,11 +61,12 @@ async def open_rehydrator(
 ) -> AsyncIterator[Rehydrator]:
     """The rehydrator over every configured store; ``weights`` replaces the measured fusion
     weights (for ablations: ``bench/recall.py --weights``)."""
-    names = select(settings)
+    # The archive is no tier: context comes from the projections, the archive feeds replays.
+    names = tuple(n for n in select(settings) if n != ARCHIVE)
     async with AsyncExitStack() as stack:
         stores: dict[str, Projection] = {}
         for name in names:
-            if name == "enricher" or (name == "qdrant" and qdrant_is_local(settings)):
+            if name == ENRICHER or (name == "qdrant" and qdrant_is_local(settings)):
                 continue
             opened = await _opened(stack, build_store(settings, name, pool_size=POOL_SIZE))
             if opened is not None:

@@ -12,7 +12,8 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from producer.settings import ProducerSettings, parse_durability
-from projectors.settings import RuntimeSettings
+from projectors.retention import RetainWindow
+from projectors.settings import DEFAULT_RETAIN, RuntimeSettings
 from rehydrator.http_keys import parse_api_keys
 from rehydrator.settings import RehydrateSettings
 from schemas.errors import ConfigurationError
@@ -88,6 +89,8 @@ class Settings:
             max_deliveries=_int(env, "AMEM_MAX_DELIVERIES", 5),
             graceful_timeout_s=_int(env, "AMEM_GRACEFUL_TIMEOUT_S", 30),
             limits=limits,
+            retain=RetainWindow.parse(env.get("AMEM_LOG_RETAIN", str(DEFAULT_RETAIN))),
+            trim_interval_s=_int(env, "AMEM_LOG_TRIM_INTERVAL_S", 60, minimum=0),
         )
         rehydrate = RehydrateSettings(
             deadline_ms=_int(env, "AMEM_REHYDRATE_DEADLINE_MS", 80),

@@ -14,8 +14,9 @@ import redis.asyncio as aioredis
 from faststream.redis import RedisBroker
 
 from projectors.records import Digest
+from projectors.stores.archive import PostgresArchiveStore
 from rehydrator.verify import DigestSource, Verdict, enriched_digest, log_digest, verify
-from schemas.constants import ENRICHER, digest_request_key
+from schemas.constants import ARCHIVE, ENRICHER, digest_request_key
 from stack.projections import build_store, qdrant_is_local
 from stack.settings import Settings
 from stack.worker_pool import running
@@ -47,18 +48,26 @@ async def run_verify(
     """Verdicts per projection, and the number of invalid log entries."""
     redis = aioredis.Redis.from_url(settings.require_redis())
     partitions, limits = settings.runtime.partitions, settings.runtime.limits
+    archive = build_store(settings, ARCHIVE)
+    assert isinstance(archive, PostgresArchiveStore)
     try:
-        expected, invalid = await log_digest(redis, partitions, tenant_id=tenant_id, limits=limits)
+        await archive.start()
+        expected, invalid = await log_digest(
+            redis, partitions, tenant_id=tenant_id, limits=limits, archive=archive
+        )
 
         def source(name: str) -> DigestSource:
             if name == ENRICHER:
-                return lambda t: enriched_digest(redis, partitions, tenant_id=t, limits=limits)
+                return lambda t: enriched_digest(
+                    redis, partitions, tenant_id=t, limits=limits, archive=archive
+                )
             if name == "qdrant" and qdrant_is_local(settings) and running(settings):
                 return lambda t: _from_worker(settings, name, t)
             return lambda t: _from_store(settings, name, t)
 
         verdicts = await verify(expected, {n: source(n) for n in names}, tenant_id=tenant_id)
     finally:
+        await archive.close()
         await redis.aclose()
     return verdicts, invalid
 

@@ -13,6 +13,7 @@ from schemas.events import Message, MessageAppended, SessionErased
 
 DIM = 384
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
+MODEL = "test-model"
 
 
 def fake_vector(text: str) -> list[float]:
@@ -55,7 +56,7 @@ def message(
         event=event,
         raw=encode(event),
         enrichment=Enrichment(
-            model="test-model",
+            model=MODEL,
             vector=fake_vector(content),
             tokens=len(content.split()),
             entities=entities,

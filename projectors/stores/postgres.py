@@ -1,7 +1,7 @@
-"""Postgres (asyncpg): ordered history with full text and the raw event archive.
+"""Postgres (asyncpg): ordered history with full text.
 
-Each batch is one transaction holding the rows, the archive entries and the applied
-position per partition, so a crash at any instant leaves the store at a batch boundary.
+Each batch is one transaction holding the rows and the applied position per partition, so
+a crash at any instant leaves the store at a batch boundary.
 Transactions also take an advisory lock per session, which serialises a session's erase
 against concurrent writers of that session without the tombstone re-check of stores that
 lack transactions.
@@ -81,12 +81,6 @@ CREATE INDEX IF NOT EXISTS amem_messages_log_order
 CREATE INDEX IF NOT EXISTS amem_messages_tsv ON amem_messages USING gin (tsv);
 CREATE INDEX IF NOT EXISTS amem_messages_user_order
     ON amem_messages (tenant_id, user_id, pos_ms, pos_seq) WHERE user_id IS NOT NULL;
-CREATE TABLE IF NOT EXISTS amem_archive (
-    partition int NOT NULL, pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
-    tenant_id text NOT NULL, session_id text NOT NULL, event_type text NOT NULL,
-    event text NOT NULL,
-    PRIMARY KEY (partition, pos_ms, pos_seq));
-CREATE INDEX IF NOT EXISTS amem_archive_session ON amem_archive (tenant_id, session_id);
 CREATE TABLE IF NOT EXISTS amem_vectors (
     tenant_id text NOT NULL, session_id text NOT NULL, message_id text NOT NULL,
     pos_ms bigint NOT NULL, pos_seq bigint NOT NULL, content_hash text NOT NULL,
@@ -151,6 +145,8 @@ class PostgresProjection(Projection):
     )
     tables: ClassVar[tuple[str, ...]]
     """Tables this projection owns (its rows, not the shared bookkeeping)."""
+    schema: ClassVar[str] = ""
+    """DDL of this projection's own tables, run at start after the shared schema."""
 
     def __init__(
         self, *, url: str, projector: str | None = None, pool_size: int = DEFAULT_POOL_SIZE
@@ -169,7 +165,7 @@ class PostgresProjection(Projection):
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(7305916)")
-                await conn.execute(SCHEMA)
+                await conn.execute(SCHEMA + self.schema)
         finally:
             await conn.close()
         if self._pool is None:
@@ -312,10 +308,10 @@ MESSAGE_COLUMNS = (
 
 
 class PostgresProjectionStore(PostgresProjection, ProjectionStore, HistoryStore):
-    """Messages in log order per session, full text, and the archive of every event."""
+    """Messages in log order per session, with their full text."""
 
     store = "postgres"
-    tables = ("amem_messages", "amem_archive")
+    tables = ("amem_messages",)
 
     async def _insert(
         self, conn: Connection, messages: Sequence[Record], erasures: Sequence[Record]
@@ -338,27 +334,6 @@ class PostgresProjectionStore(PostgresProjection, ProjectionStore, HistoryStore)
                 self.projector,
                 *message_columns(messages),
             )
-        # The archive keeps every event, erasures included, minus erased messages.
-        records = sorted([*messages, *erasures], key=lambda r: r.position)
-        await conn.execute(
-            f"""INSERT INTO amem_archive
-            SELECT m.partition, m.pos_ms, m.pos_seq, m.tenant_id, m.session_id, m.event_type,
-                   m.event
-            FROM unnest($2::int[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
-                        $7::text[], $8::text[])
-                 AS m(partition, pos_ms, pos_seq, tenant_id, session_id, event_type, event)
-            WHERE m.event_type <> 'session.erased' AND {NOT_ERASED}
-               OR m.event_type = 'session.erased'
-            ON CONFLICT DO NOTHING""",
-            self.projector,
-            [r.partition for r in records],
-            [r.position.ms for r in records],
-            [r.position.seq for r in records],
-            [r.event.tenant_id for r in records],
-            [r.event.session_id for r in records],
-            [r.event.TYPE for r in records],
-            [r.raw.decode() for r in records],
-        )
 
     async def digest(self, tenant_id: str | None = None) -> Digest:
         return await self._digest("encode(sha256(convert_to(content, 'UTF8')), 'hex')", tenant_id)

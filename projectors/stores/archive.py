@@ -1,0 +1,235 @@
+"""The archive: the cold log in Postgres, every valid event and its enrichment.
+
+The ``archive`` projector reads the enriched stream, which carries each valid log entry
+verbatim (with the id it has in the log) and, for a message, its vector, token count and
+entities. One transaction stores the events of a batch in ``amem_events`` (keyed by
+partition and log position), the enrichments in ``amem_enrichments`` (keyed by message id
+and model) and the archive's position per partition. The streams are trimmed only below
+what the archive holds (:mod:`projectors.retention`), so the archive followed by the
+stream is the whole log; readers that start from the beginning read :meth:`records` up to
+the stream's first entry, then the stream.
+
+Erasures are kept and erase what they cover, as in every projection: an erased message
+leaves the archive with its enrichments.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from typing import Any
+
+import numpy as np
+import orjson
+
+from projectors.errors import ArchiveError
+from projectors.position import Position
+from projectors.records import VECTOR_DTYPE, Digest, Enrichment, Record
+from projectors.stores.postgres import NOT_ERASED, Connection, PostgresProjection
+from schemas.codec import decode
+from schemas.constants import ARCHIVE
+from schemas.events import MessageAppended
+from schemas.limits import DEFAULT_LIMITS, Limits
+
+SCHEMA = """
+-- Before the archive had a projector of its own, the postgres projection kept amem_archive;
+-- nothing was trimmed then, so the stream still holds all of it and this projector, new,
+-- replays it from the start.
+DROP TABLE IF EXISTS amem_archive;
+-- Keyed by the log entry; tenant and session are part of the key so that store tests,
+-- whose sessions reuse positions, keep one row per event as the log does.
+CREATE TABLE IF NOT EXISTS amem_events (
+    partition int NOT NULL, pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
+    tenant_id text NOT NULL, session_id text NOT NULL, event_type text NOT NULL,
+    event text NOT NULL, message_id text, content_hash text,
+    PRIMARY KEY (partition, pos_ms, pos_seq, tenant_id, session_id));
+CREATE INDEX IF NOT EXISTS amem_events_session ON amem_events (tenant_id, session_id);
+CREATE TABLE IF NOT EXISTS amem_enrichments (
+    tenant_id text NOT NULL, session_id text NOT NULL, message_id text NOT NULL,
+    model text NOT NULL, pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
+    tokens int NOT NULL, entities jsonb NOT NULL, vector bytea NOT NULL,
+    PRIMARY KEY (tenant_id, session_id, message_id, model));
+"""
+
+PAGE = 2_000
+"""Archived events read per query."""
+
+_EVENT_COLUMNS = (
+    "partition, pos_ms, pos_seq, tenant_id, session_id, event_type, event, message_id, content_hash"
+)
+_ENRICHMENT_COLUMNS = (
+    "tenant_id, session_id, message_id, model, pos_ms, pos_seq, tokens, entities, vector"
+)
+
+
+def event_columns(records: Sequence[Record]) -> list[list[Any]]:
+    """Partition, position, tenant, session, type and envelope of each event, as columns."""
+    return [
+        [r.partition for r in records],
+        [r.position.ms for r in records],
+        [r.position.seq for r in records],
+        [r.event.tenant_id for r in records],
+        [r.event.session_id for r in records],
+        [r.event.TYPE for r in records],
+        [r.raw.decode() for r in records],
+    ]
+
+
+class PostgresArchiveStore(PostgresProjection):
+    """Every valid event and every enrichment, in Postgres: the log below the hot window."""
+
+    store = ARCHIVE
+    needs_enrichment = True
+    tables = ("amem_events", "amem_enrichments")
+    schema = SCHEMA
+
+    async def _insert(
+        self, conn: Connection, messages: Sequence[Record], erasures: Sequence[Record]
+    ) -> None:
+        records = [*messages, *erasures]
+        is_message = [isinstance(r.event, MessageAppended) for r in records]
+        await conn.execute(
+            f"""INSERT INTO amem_events ({_EVENT_COLUMNS})
+            SELECT * FROM unnest($2::int[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
+                                 $7::text[], $8::text[], $9::text[], $10::text[])
+                 AS m({_EVENT_COLUMNS})
+            WHERE m.event_type <> 'session.erased' AND {NOT_ERASED}
+               OR m.event_type = 'session.erased'
+            ON CONFLICT (partition, pos_ms, pos_seq, tenant_id, session_id) DO NOTHING""",
+            self.projector,
+            *event_columns(records),
+            [r.message.message.id if m else None for r, m in zip(records, is_message, strict=True)],
+            [r.content_hash if m else None for r, m in zip(records, is_message, strict=True)],
+        )
+        enriched = [(r, r.enrichment) for r in messages if r.enrichment is not None]
+        if len(enriched) != len(messages):
+            raise ArchiveError("the archive applies enriched records only")
+        if not enriched:
+            return
+        await conn.execute(
+            f"""INSERT INTO amem_enrichments ({_ENRICHMENT_COLUMNS})
+            SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                                 $7::bigint[], $8::int[], $9::jsonb[], $10::bytea[])
+                 AS m({_ENRICHMENT_COLUMNS})
+            WHERE {NOT_ERASED}
+            ON CONFLICT DO NOTHING""",
+            self.projector,
+            [r.event.tenant_id for r, _ in enriched],
+            [r.event.session_id for r, _ in enriched],
+            [r.message.message.id for r, _ in enriched],
+            [e.model for _, e in enriched],
+            [r.position.ms for r, _ in enriched],
+            [r.position.seq for r, _ in enriched],
+            [e.tokens for _, e in enriched],
+            [orjson.dumps(list(e.entities)).decode() for _, e in enriched],
+            [np.asarray(e.vector, dtype=VECTOR_DTYPE).tobytes() for _, e in enriched],
+        )
+
+    async def digest(self, tenant_id: str | None = None) -> Digest:
+        # The earliest occurrence of each message id, as the log's replay keeps it.
+        query = """SELECT DISTINCT ON (tenant_id, session_id, message_id)
+                       tenant_id, session_id, message_id, content_hash
+                   FROM amem_events
+                   WHERE event_type = 'message.appended' {tenant}
+                   ORDER BY tenant_id, session_id, message_id, pos_ms, pos_seq"""
+        if tenant_id is None:
+            rows = await self._pool.fetch(query.format(tenant=""))
+        else:
+            rows = await self._pool.fetch(query.format(tenant="AND tenant_id = $1"), tenant_id)
+        digest: Digest = {}
+        for r in rows:
+            digest.setdefault((r[0], r[1]), {})[r[2]] = r[3]
+        return digest
+
+    async def count(self) -> int:
+        value = await self._pool.fetchval(
+            "SELECT count(*) FROM amem_events WHERE event_type = 'message.appended'"
+        )
+        return int(value)
+
+    async def records(
+        self,
+        partition: int,
+        *,
+        after: Position | None,
+        before: Position | None,
+        model: str | None = None,
+        limit: int = PAGE,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> list[Record]:
+        """Up to ``limit`` archived events of ``partition`` strictly between ``after`` and
+        ``before`` (None: unbounded), in log order.
+
+        With ``model``, each message carries its enrichment by that model, and a message
+        the archive holds no such enrichment of raises :class:`ArchiveError`: a reader
+        that needs vectors must not embed again behind the caller's back.
+        """
+        args: list[Any] = [partition, limit]
+        terms = ["a.partition = $1"]
+        if after is not None:
+            args += [after.ms, after.seq]
+            terms.append(f"(a.pos_ms, a.pos_seq) > (${len(args) - 1}, ${len(args)})")
+        if before is not None:
+            args += [before.ms, before.seq]
+            terms.append(f"(a.pos_ms, a.pos_seq) < (${len(args) - 1}, ${len(args)})")
+        join = "LEFT JOIN amem_enrichments e ON FALSE"
+        if model is not None:
+            args.append(model)
+            join = f"""LEFT JOIN amem_enrichments e ON e.tenant_id = a.tenant_id
+                AND e.session_id = a.session_id AND e.message_id = a.message_id
+                AND e.model = ${len(args)}"""
+        rows = await self._pool.fetch(
+            f"""SELECT a.pos_ms, a.pos_seq, a.event, e.model, e.tokens, e.entities, e.vector
+                FROM amem_events a {join}
+                WHERE {" AND ".join(terms)}
+                ORDER BY a.pos_ms, a.pos_seq LIMIT $2""",
+            *args,
+        )
+        out = []
+        for row in rows:
+            raw = row["event"].encode()
+            event = decode(raw, limits)
+            enrichment = None
+            if model is not None and isinstance(event, MessageAppended):
+                if row["model"] is None:
+                    raise ArchiveError(
+                        f"message {event.message.id!r} of session {event.session_id!r} has no"
+                        f" archived enrichment by {model!r}"
+                    )
+                enrichment = Enrichment(
+                    model=row["model"],
+                    vector=np.frombuffer(row["vector"], dtype=VECTOR_DTYPE).tolist(),
+                    tokens=row["tokens"],
+                    entities=orjson.loads(row["entities"]),
+                )
+            position = Position(row["pos_ms"], row["pos_seq"])
+            out.append(
+                Record(
+                    partition=partition,
+                    position=position,
+                    event=event,
+                    raw=raw,
+                    enrichment=enrichment,
+                )
+            )
+        return out
+
+    async def history(
+        self,
+        partition: int,
+        *,
+        before: Position | None,
+        model: str | None = None,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> AsyncIterator[list[Record]]:
+        """Every archived event of ``partition`` before ``before`` (None: all), in log order,
+        a page at a time: what a reader needs ahead of a stream's first entry."""
+        after = None
+        while True:
+            page = await self.records(
+                partition, after=after, before=before, model=model, limits=limits
+            )
+            if page:
+                yield page
+            if len(page) < PAGE:
+                return
+            after = page[-1].position
