@@ -30,26 +30,35 @@ from projectors.records import (
     VECTOR_DTYPE,
     VECTOR_FIELD,
 )
-from schemas.constants import ENRICHER, ENTRY_FIELD, embedded_counter_key, enriched_key
-from schemas.events import MessageAppended
+from schemas.constants import (
+    ENRICHER,
+    ENTRY_FIELD,
+    embedded_counter_key,
+    enriched_key,
+    erasures_key,
+)
+from schemas.events import MessageAppended, SessionErased
 
 # XACK first: only the consumer whose XACK removes the entry from the pending list appends
-# it, so an entry claimed by two consumers at once is still enriched exactly once.
-# KEYS: log stream, enriched stream, counter. ARGV: group, entries, then per entry:
-# id, is_message (0/1), field count, field, value, ...
+# it, so an entry claimed by two consumers at once is still enriched exactly once. An erase
+# is also recorded for the purge (schemas.constants.erasures_key), with its enriched id.
+# KEYS: log stream, enriched stream, counter, erasures. ARGV: group, entries, then per
+# entry: id, kind (m: message, e: erase), field count, field, value, ... (the envelope
+# first).
 ENRICH_LUA = """
 local i = 3
 local added = 0
 local embedded = 0
 for _ = 1, tonumber(ARGV[2]) do
-  local id, is_message, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local id, kind, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
   i = i + 3
   if redis.call('XACK', KEYS[1], ARGV[1], id) == 1 then
     local args = {KEYS[2], '*'}
     for f = i, i + 2 * n - 1 do args[#args + 1] = ARGV[f] end
-    redis.call('XADD', unpack(args))
+    local enriched = redis.call('XADD', unpack(args))
     added = added + 1
-    if is_message == '1' then embedded = embedded + 1 end
+    if kind == 'm' then embedded = embedded + 1 end
+    if kind == 'e' then redis.call('HSET', KEYS[4], id, enriched .. ' ' .. ARGV[i + 1]) end
   end
   i = i + 2 * n
 end
@@ -103,9 +112,15 @@ class Enricher(Projector):
             else:
                 entry = enriched_entry(record.raw, entry_id)
             fields = [x for pair in entry.items() for x in pair]
-            args += [entry_id, int(is_message), len(entry), *fields]
+            kind = "m" if is_message else "e" if isinstance(record.event, SessionErased) else ""
+            args += [entry_id, kind, len(entry), *fields]
         partition = batch[0][1].partition
-        keys = [stream, enriched_key(partition), embedded_counter_key(partition)]
+        keys = [
+            stream,
+            enriched_key(partition),
+            embedded_counter_key(partition),
+            erasures_key(partition),
+        ]
         if self._script is None:
             self._script = redis.register_script(ENRICH_LUA)  # EVALSHA, reloaded on NOSCRIPT
         await self._script(keys=keys, args=args, client=redis)

@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 
 from projectors.hooks import Middleware
 from projectors.position import Position
+from projectors.tasks import raise_if_cancelled
 from schemas.constants import (
     ARCHIVE,
     ENRICHER,
@@ -222,7 +223,7 @@ async def _window_bound(redis: aioredis.Redis, key: str, window: RetainWindow, n
     bounds: list[tuple[int, int]] = []
     if window.age_s is not None:
         bounds.append((now_ms - int(window.age_s * 1000), 0))
-    if window.count is not None:
+    if window.count:  # count=0 keeps nothing by count
         bounds.append(await _start_of_newest(redis, key, window.count))
     if not bounds:
         return ""
@@ -332,6 +333,10 @@ async def log_state(
     return LogState(memory_bytes=int(replies[-1]["used_memory"]), partitions=states)
 
 
+Round = Callable[[aioredis.Redis], Awaitable[object]]
+"""More work of a retention round, after the trim (the purge of erased sessions)."""
+
+
 async def trim_forever(
     redis: aioredis.Redis,
     settings: RuntimeSettings,
@@ -340,12 +345,14 @@ async def trim_forever(
     hooks: Middleware,
     stopping: asyncio.Event,
     archived: Callable[[], Awaitable[dict[int, Position]]] | None = None,
+    also: Round | None = None,
     transient: tuple[type[BaseException], ...] = (),
 ) -> None:
-    """Trim every ``settings.trim_interval_s`` until ``stopping`` is set.
+    """A retention round every ``settings.trim_interval_s`` until ``stopping`` is set.
 
-    Every worker runs this; a lock key lets one of them trim per round. Each round ends by
-    reporting the log's state to ``hooks`` (the worker's metrics).
+    Every worker runs this; a lock key lets one of them do a round's work: trim (unless
+    retention is off), then ``also``. Each round ends by reporting the log's state to
+    ``hooks`` (the worker's metrics).
     """
     window = settings.retain
     interval = settings.trim_interval_s
@@ -356,15 +363,17 @@ async def trim_forever(
             await asyncio.wait_for(stopping.wait(), interval * random.uniform(0.8, 1.2))
             return
         try:
-            if window is not None and await redis.set(
-                TRIM_LOCK_KEY, holder, nx=True, px=max(int(interval * 800), 1)
-            ):
-                done = await trim(redis, settings.partitions, window)
-                gone = sum(p.log.trimmed + p.enriched.trimmed for p in done)
-                if gone:
-                    log.info("trimmed %d entries below the archive and the groups", gone)
+            if await redis.set(TRIM_LOCK_KEY, holder, nx=True, px=max(int(interval * 800), 1)):
+                if window is not None:
+                    done = await trim(redis, settings.partitions, window)
+                    gone = sum(p.log.trimmed + p.enriched.trimmed for p in done)
+                    if gone:
+                        log.info("trimmed %d entries below the archive and the groups", gone)
+                if also is not None:
+                    await also(redis)
             hooks.after_trim(
                 await log_state(redis, settings.partitions, await archived() if archived else None)
             )
         except transient as exc:
-            log.warning("could not trim this round (%s: %s)", type(exc).__name__, exc)
+            raise_if_cancelled()
+            log.warning("could not finish this round (%s: %s)", type(exc).__name__, exc)

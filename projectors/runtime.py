@@ -35,8 +35,9 @@ from projectors.deadletter import Refused, dead_letter, error_field
 from projectors.hooks import Hooks, Middleware
 from projectors.lag import group_state
 from projectors.projector import Entry, Projector, StoreProjector
-from projectors.retention import trim_forever
+from projectors.retention import Round, trim_forever
 from projectors.settings import RuntimeSettings
+from projectors.tasks import raise_if_cancelled
 from schemas.constants import ARCHIVE, digest_request_key, errors_key
 from schemas.errors import ValidationError
 
@@ -77,12 +78,16 @@ class Worker:
         settings: RuntimeSettings,
         middleware: Sequence[Middleware] = (),
         consumer: str | None = None,
+        each_round: Round | None = None,
     ) -> None:
+        """``each_round``: more work of each retention round, after the trim (stack.workers
+        passes the purge of erased sessions)."""
         self.settings = settings
         self.projectors = list(projectors)
         self.hooks = Hooks(middleware)
         self.consumer = consumer or consumer_name()
         self._redis_url = redis_url
+        self._each_round = each_round
         self._redis: aioredis.Redis | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -155,7 +160,7 @@ class Worker:
     async def _after_startup(self) -> None:
         self.hooks.after_startup()
         self._tasks.append(asyncio.create_task(self._watch_lag()))
-        if self.settings.retain is not None and self.settings.trim_interval_s > 0:
+        if self.settings.trim_interval_s > 0:
             archive = next((p for p in self.projectors if p.name == ARCHIVE), None)
             self._tasks.append(
                 asyncio.create_task(
@@ -168,6 +173,7 @@ class Worker:
                         archived=archive.store.positions
                         if isinstance(archive, StoreProjector)
                         else None,
+                        also=self._each_round,
                         transient=LOG_SERVER_ERRORS,
                     )
                 )
@@ -264,6 +270,7 @@ class Worker:
                     try:
                         state = await group_state(self.redis, p.name, n, enriched=p.reads_enriched)
                     except LOG_SERVER_ERRORS:
+                        raise_if_cancelled()
                         continue
                     self.hooks.on_lag(p.name, n, state.lag or 0, state.pending)
             await asyncio.sleep(self.settings.lag_interval_s)
@@ -433,6 +440,7 @@ class Worker:
                     data = [fields for _, fields in claimed]
                     await self._reclaimed(projector, partition, stream, ids, data)
             except LOG_SERVER_ERRORS as exc:
+                raise_if_cancelled()
                 self._log.warning("%s: reclaim paused, log server: %s", projector.name, exc)
                 start = "0-0"
             if start in (b"0-0", "0-0"):  # a full pass found nothing more: wait

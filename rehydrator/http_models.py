@@ -227,8 +227,24 @@ class EraseOut(BaseModel):
     session_id: str
     partition: int
     position: str = Field(description="Stream id of the session.erased event.")
-    status: Literal["accepted"]
+    status: Literal["accepted", "done"] = Field(
+        description="accepted (202): the erase is in the log; done (200, with ?wait=true): "
+        "every projector applied it and the log server was purged."
+    )
     detail: str
+    purged: dict[str, int] | None = Field(
+        default=None, description="With ?wait=true: what left the log server, per place."
+    )
+    log_files: str | None = Field(
+        default=None, description="With ?wait=true: whether the log server's files were rewritten."
+    )
+
+
+class EraseLeftOut(BaseModel):
+    error: str
+    left: dict[str, list[str]] = Field(
+        description="Per erase, the consumer groups that had not applied it in time."
+    )
 
 
 class ServiceOut(BaseModel):

@@ -17,8 +17,10 @@ from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBea
 from starlette.responses import Response
 
 from producer import Producer
+from projectors.position import Position
 from projectors.store import StoredMessage
 from rehydrator.context import message_json
+from rehydrator.erase import Erasure, wait_and_purge
 from rehydrator.http_keys import ApiKeys
 from rehydrator.http_models import (
     ID_REGEX,
@@ -28,6 +30,7 @@ from rehydrator.http_models import (
     AppendIn,
     AppendOut,
     ContextOut,
+    EraseLeftOut,
     EraseOut,
     ErrorOut,
     HealthOut,
@@ -48,6 +51,12 @@ LOG_SERVICE = "redis"
 """The service without which nothing can be appended: health is 503 when it is down."""
 HISTORY_DEADLINE_MS = 2000
 """``GET …/messages`` reads the log, not a latency-bound context: give it time to be whole."""
+ERASE_WAIT_S = 30.0
+ERASE_TIMEOUT = "the erase is in the log but not applied everywhere in time; it goes on"
+ERASE_DONE = (
+    "every projector applied the erase, and the session's entries, dead letters and dedup"
+    " keys left the log server"
+)
 ERASE_DETAIL = (
     "the erase is in the log: reads through this API stop returning the session's earlier"
     " messages at once; projectors delete them from each store asynchronously"
@@ -268,9 +277,15 @@ async def messages(
 @v1.delete(
     SESSION,
     status_code=202,
+    response_model=EraseOut,
+    response_model_exclude_none=True,
     summary="Erase a session",
     operation_id="eraseSession",
-    responses=_errors(401, 422, 503),
+    responses={
+        200: {"model": EraseOut, "description": "With ?wait=true: erased everywhere."},
+        **_errors(401, 422, 503),
+        504: {"model": EraseLeftOut, "description": ERASE_TIMEOUT},
+    },
 )
 async def erase(
     session_id: SessionId,
@@ -279,7 +294,14 @@ async def erase(
     reason: Annotated[
         str | None, Query(max_length=1024, description="Why; kept in the log with the erase.")
     ] = None,
-) -> EraseOut:
+    wait: Annotated[
+        bool,
+        Query(
+            description=f"Return once every projector applied the erase and the log server "
+            f"is purged (at most {ERASE_WAIT_S:.0f} s, then 504 naming what is left)."
+        ),
+    ] = False,
+) -> Response:
     """Erase the session's messages so far; later appends start it afresh.
 
     Accepted means the erase is in the log: reads through this API hide the erased
@@ -288,13 +310,36 @@ async def erase(
     (result,) = await services.producer.append_events(
         [SessionErased(tenant_id=tenant_id, session_id=session_id, reason=reason)]
     )
-    return EraseOut(
+    out = EraseOut(
         session_id=session_id,
         partition=result.partition,
         position=result.stream_id,
         status="accepted",
         detail=ERASE_DETAIL,
     )
+    if not wait:
+        return _json(out.model_dump(exclude_none=True), 202)
+    erasure = Erasure(
+        tenant_id=tenant_id,
+        session_id=session_id,
+        partition=result.partition,
+        position=Position.parse(result.stream_id),
+    )
+    rehydrator = services.rehydrator
+    purged, left, log_files = await wait_and_purge(
+        rehydrator.redis, [erasure], rehydrator.partitions, timeout_s=ERASE_WAIT_S
+    )
+    if left:
+        return _json(EraseLeftOut(error=ERASE_TIMEOUT, left=left).model_dump(), 504)
+    done = out.model_copy(
+        update={
+            "status": "done",
+            "detail": ERASE_DONE,
+            "purged": purged.places,
+            "log_files": log_files,
+        }
+    )
+    return _json(done.model_dump(), 200)
 
 
 @v1.get(

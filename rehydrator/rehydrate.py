@@ -108,6 +108,15 @@ class Rehydrator:
         self._turns = asyncio.Semaphore(self.settings.concurrency)
         self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
 
+    @property
+    def redis(self) -> aioredis.Redis:
+        """The log server this rehydrator reads the tail and the watermarks from."""
+        return self._redis
+
+    @property
+    def partitions(self) -> int:
+        return self._partitions
+
     async def rehydrate(
         self,
         tenant_id: str,

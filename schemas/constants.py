@@ -68,6 +68,16 @@ def errors_key(projector: str) -> str:
     return f"{KEY_PREFIX}:errors:{projector}"
 
 
+def erasures_key(partition: int) -> str:
+    """Hash of partition ``N``'s erase events whose session is still to be purged from the
+    log server: log entry id → ``<enriched entry id> <envelope>``.
+
+    The enricher adds each erase as it forwards it (same script, same slot); the purge
+    removes it once every group has applied it and nothing of the session is left.
+    """
+    return f"{KEY_PREFIX}:erasures:{{{partition}}}"
+
+
 def embedded_counter_key(partition: int) -> str:
     """Messages of partition ``N`` the enricher embedded and stored, ever.
 

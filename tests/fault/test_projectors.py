@@ -8,9 +8,7 @@ projection proved equal to the log by ``verify``.
 from __future__ import annotations
 
 import asyncio
-import os
 import random
-import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -27,23 +25,17 @@ from stack.projections import reads_enriched, select
 from stack.settings import Settings
 from tests.fault.harness import (
     Workers,
-    assert_clean,
     bounded,
-    caught_up,
-    embedded,
     env_for,
+    finish,
     flow,
     reset_everything,
+    restart_log_server,
     traffic,
-    verify_all,
 )
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
-# Each phase has its own bound, all within the test's 900 s, so that a stuck phase fails
-# with the stacks of where it waits (and its workers' logs) rather than by the timeout.
 KILLING_S = 360
-CATCH_UP_S = 300
-VERIFY_S = 180
 
 
 @pytest.fixture
@@ -55,23 +47,6 @@ async def workers(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Wo
         yield pool
     finally:
         pool.stop_all()
-
-
-async def _finish(pool: Workers, expected_messages: int | None = None) -> None:
-    settings = pool.settings
-    async with bounded("catching up", CATCH_UP_S, pool):
-        await caught_up(settings)
-    # A worker restarted just before the end may still be importing, before its SIGTERM
-    # handler exists: the default action would kill it (it holds nothing yet).
-    for i in range(len(pool.procs)):
-        await pool.running(i)
-    assert pool.stop_all() == [0] * len(pool.procs), "a worker did not exit cleanly on SIGTERM"
-    async with bounded("verifying", VERIFY_S, pool):
-        verdicts = await verify_all(settings)
-        embedded_messages = await embedded(settings)
-    assert_clean(verdicts, pool)
-    if expected_messages is not None:
-        assert embedded_messages == expected_messages
 
 
 async def test_sigkill_of_workers_at_random_instants_loses_and_duplicates_nothing(
@@ -91,7 +66,7 @@ async def test_sigkill_of_workers_at_random_instants_loses_and_duplicates_nothin
             workers.start(victim)
         await producing
     # Every text was embedded and stored exactly once despite the kills.
-    await _finish(workers, expected_messages=len(messages))
+    await finish(workers, expected_messages=len(messages))
     assert workers.kills >= 20
 
 
@@ -99,31 +74,25 @@ async def test_log_server_sigkill_and_restart_during_flow(workers: Workers) -> N
     settings = workers.settings
     workers.start_all()
     producing = asyncio.create_task(flow(settings, traffic(4_000), per_second=400))
-    for i in range(len(workers.procs)):
-        await workers.running(i)
+    await workers.all_running()
     await asyncio.sleep(2)
-    record = StackState.load(settings.home).services["redis"]
-    assert record.pid is not None
-    os.kill(record.pid, signal.SIGKILL)
-    await asyncio.sleep(1.0)
-    control.up(settings)  # back on the same port, from its AOF
+    await restart_log_server(settings)
     await producing
-    await _finish(workers)
+    await finish(workers)
 
 
 async def test_postgres_down_for_30_seconds_during_flow(workers: Workers) -> None:
     settings = workers.settings
     workers.start_all()
     producing = asyncio.create_task(flow(settings, traffic(6_000), per_second=150))
-    for i in range(len(workers.procs)):
-        await workers.running(i)
+    await workers.all_running()
     await asyncio.sleep(2)
     state = StackState.load(settings.home)
     EmbeddedPostgres(settings.home).stop(state.services["postgres"])
     await asyncio.sleep(30)
     control.up(settings)
     await producing
-    await _finish(workers)
+    await finish(workers)
 
 
 async def test_poison_entries_land_in_the_dead_letter_streams_and_traffic_flows(
@@ -158,7 +127,7 @@ async def test_poison_entries_land_in_the_dead_letter_streams_and_traffic_flows(
             if i % 100 == 0:
                 await asyncio.sleep(0.05)
         await producing
-        await _finish(workers)
+        await finish(workers)
         for name in select(settings):
             letters = await list_dead_letters(client, name, count=5_000)
             if reads_enriched(name):  # the enricher stopped the poison before them
@@ -176,8 +145,7 @@ async def test_poison_entries_land_in_the_dead_letter_streams_and_traffic_flows(
 async def test_sigterm_finishes_the_batch_in_hand_and_exits(workers: Workers) -> None:
     settings = workers.settings
     workers.start_all()
-    for i in range(len(workers.procs)):
-        await workers.running(i)
+    await workers.all_running()
     producing = asyncio.create_task(flow(settings, traffic(3_000), per_second=1_000))
     await asyncio.sleep(1.5)
     assert workers.stop_all() == [0] * len(workers.procs)  # mid-flow, mid-batch
@@ -192,4 +160,4 @@ async def test_sigterm_finishes_the_batch_in_hand_and_exits(workers: Workers) ->
     assert [(s.projector, s.partition, s.pending) for s in states if s.pending] == []
     await producing
     workers.start_all()
-    await _finish(workers)
+    await finish(workers)

@@ -1,0 +1,122 @@
+"""Erase from the command line and the HTTP API: append the erase events, optionally wait.
+
+``erase_sessions`` appends one ``session.erased`` per session; with a timeout it then waits
+until every group has applied each one and purges the log server (rehydrator.erase).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import cast
+
+import redis.asyncio as aioredis
+
+from producer import Producer
+from projectors.position import Position
+from projectors.stores.archive import PostgresArchiveStore
+from rehydrator.erase import Erasure, Residue, session_of, wait_and_purge
+from schemas.constants import ARCHIVE, ENTRY_FIELD, log_key
+from schemas.events import SessionErased
+from stack.projections import build_store
+from stack.settings import Settings
+
+StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
+
+
+@dataclass(kw_only=True, slots=True)
+class EraseReport:
+    """What an erase appended and, when waited for, what it purged and what is left."""
+
+    tenant_id: str
+    erased: list[Erasure]
+    waited: bool = False
+    purged: Residue = field(default_factory=Residue)
+    left: dict[str, list[str]] = field(default_factory=dict)
+    log_files: str | None = None
+
+    @property
+    def done(self) -> bool:
+        return self.waited and not self.left
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "tenant_id": self.tenant_id,
+            "erased": [
+                {"session_id": e.session_id, "partition": e.partition, "position": str(e.position)}
+                for e in self.erased
+            ],
+            "waited": self.waited,
+            "done": self.done,
+            "purged": self.purged.places,
+            "left": self.left,
+            "log_files": self.log_files,
+        }
+
+
+async def erase_sessions(
+    settings: Settings,
+    tenant_id: str,
+    sessions: Sequence[str],
+    *,
+    reason: str | None = None,
+    wait_s: float | None = None,
+    producer: Producer | None = None,
+) -> EraseReport:
+    """Append an erase per session; with ``wait_s``, wait for it to reach everything."""
+    events = [SessionErased(tenant_id=tenant_id, session_id=s, reason=reason) for s in sessions]
+    if producer is None:
+        async with Producer.from_url(settings.require_redis(), settings.producer) as own:
+            results = await own.append_events(events)
+    else:
+        results = await producer.append_events(events)
+    report = EraseReport(
+        tenant_id=tenant_id,
+        erased=[
+            Erasure(
+                tenant_id=tenant_id,
+                session_id=s,
+                partition=r.partition,
+                position=Position.parse(r.stream_id),
+            )
+            for s, r in zip(sessions, results, strict=True)
+        ],
+    )
+    if wait_s is None:
+        return report
+    redis = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        report.purged, report.left, report.log_files = await wait_and_purge(
+            redis, report.erased, settings.runtime.partitions, timeout_s=wait_s
+        )
+    finally:
+        await redis.aclose()
+    report.waited = True
+    return report
+
+
+async def tenant_sessions(settings: Settings, tenant_id: str) -> list[str]:
+    """Every session of the tenant the log knows of: archived, or still only in the stream."""
+    archive = build_store(settings, ARCHIVE, pool_size=1)
+    assert isinstance(archive, PostgresArchiveStore)
+    await archive.start()
+    try:
+        found = set(await archive.sessions(tenant_id))
+    finally:
+        await archive.close()
+    redis = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        for n in range(settings.runtime.partitions):
+            start = "-"
+            while True:
+                page = cast(StreamEntries, await redis.xrange(log_key(n), min=start, count=1000))
+                for _, fields in page:
+                    tenant, session = session_of(fields.get(ENTRY_FIELD.encode()))
+                    if tenant == tenant_id and session is not None:
+                        found.add(session)
+                if len(page) < 1000:
+                    break
+                start = "(" + page[-1][0].decode()
+    finally:
+        await redis.aclose()
+    return sorted(found)
