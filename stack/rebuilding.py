@@ -2,9 +2,9 @@
 
 The group goes back to the start of its stream first: that pins the trim point there (no
 entry it has not acknowledged is ever trimmed), so what the stream holds stays, and the
-archive holds everything before the stream's first entry. The command applies that
-archived part itself, a page at a time; the workers replay the stream meanwhile. Stores
-are idempotent and order-insensitive, so the two may overlap in time.
+archive holds everything trimmed. The command applies that archived part itself, a page at
+a time (for the enriched stream, not in log order, the whole archive); the workers replay
+the stream meanwhile. Stores are idempotent and order-insensitive, so the two may overlap.
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ import redis.asyncio as aioredis
 from projectors.enrichment.embedder import MODEL_NAME
 from projectors.lag import group_states
 from projectors.position import Position
-from projectors.records import SOURCE_FIELD
 from projectors.stores.archive import PostgresArchiveStore
 from schemas.constants import ARCHIVE, group_name
 from stack.projections import build_store, reads_enriched
@@ -42,7 +41,11 @@ async def rebuild(settings: Settings, name: str, progress: Progress) -> int:
         for state in await group_states(redis, [name], settings.runtime.partitions, reads_enriched):
             # Back to the start; ENTRIESREAD 0 keeps the group's lag figure right.
             await redis.xgroup_setid(state.stream, group_name(name), "0", entries_read=0)
-            first = await _first_position(redis, state.stream, enriched=enriched)
+            # The enriched stream is in the order the enricher got to entries, not log
+            # order (a reclaimed entry comes later), so its first entry does not split
+            # the archive from it: the whole archive goes, and what both hold is applied
+            # twice (stores are idempotent). The log is in log order.
+            first = None if enriched else await _first_position(redis, state.stream)
             async for page in archive.history(
                 state.partition,
                 before=first,
@@ -59,10 +62,7 @@ async def rebuild(settings: Settings, name: str, progress: Progress) -> int:
     return applied
 
 
-async def _first_position(redis: aioredis.Redis, stream: str, *, enriched: bool) -> Position | None:
-    """The log position of the stream's first entry (None: the stream is empty)."""
+async def _first_position(redis: aioredis.Redis, stream: str) -> Position | None:
+    """The position of the log partition's first entry (None: the stream is empty)."""
     first = cast(list[tuple[bytes, dict[bytes, bytes]]], await redis.xrange(stream, count=1))
-    if not first:
-        return None
-    entry_id, fields = first[0]
-    return Position.parse(fields[SOURCE_FIELD.encode()] if enriched else entry_id)
+    return Position.parse(first[0][0]) if first else None

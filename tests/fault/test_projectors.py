@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 import redis.asyncio as aioredis
@@ -22,31 +20,17 @@ from stack.embedded import control
 from stack.embedded.postgres_server import EmbeddedPostgres
 from stack.embedded.state import StackState
 from stack.projections import reads_enriched, select
-from stack.settings import Settings
 from tests.fault.harness import (
     Workers,
     bounded,
-    env_for,
     finish,
     flow,
-    reset_everything,
     restart_log_server,
     traffic,
 )
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
 KILLING_S = 360
-
-
-@pytest.fixture
-async def workers(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Workers]:
-    env = env_for(stack_env)
-    await reset_everything(Settings.from_env(env))
-    pool = Workers(env, tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.stop_all()
 
 
 async def test_sigkill_of_workers_at_random_instants_loses_and_duplicates_nothing(

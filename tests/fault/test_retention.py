@@ -11,39 +11,23 @@ import asyncio
 import random
 import subprocess
 import sys
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import pytest
 
 from stack.embedded import control
-from stack.settings import Settings
 from tests.fault.harness import (
     Workers,
     bounded,
-    env_for,
     finish,
     flow,
     kill_log_server,
-    reset_everything,
     restart_log_server,
     traffic,
 )
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
-RETAIN = {"AMEM_LOG_RETAIN": "count=50", "AMEM_LOG_TRIM_INTERVAL_S": "1"}
+WORKER_ENV = {"AMEM_LOG_RETAIN": "count=50", "AMEM_LOG_TRIM_INTERVAL_S": "1"}
 KILLING_S = 300
-
-
-@pytest.fixture
-async def workers(stack_env: dict[str, str], tmp_path: Path) -> AsyncIterator[Workers]:
-    env = {**env_for(stack_env), **RETAIN}
-    await reset_everything(Settings.from_env(env))
-    pool = Workers(env, tmp_path)
-    try:
-        yield pool
-    finally:
-        pool.stop_all()
 
 
 async def kill_workers(workers: Workers, producing: asyncio.Task[int], *, kills: int) -> None:
@@ -81,9 +65,15 @@ def rebuild(env: dict[str, str], name: str) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [sys.executable, "-m", "stack.cli", "project", "rebuild", name, "--json"],
         env=env,
-        stdout=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
+
+
+async def finished(proc: subprocess.Popen[bytes]) -> tuple[int, str]:
+    """Exit code and stderr of a rebuild, once it ends."""
+    _, err = await asyncio.to_thread(proc.communicate)
+    return proc.returncode, err.decode(errors="replace")
 
 
 async def test_rebuilds_under_worker_and_log_server_kills_end_equal_to_the_log(
@@ -100,16 +90,18 @@ async def test_rebuilds_under_worker_and_log_server_kills_end_equal_to_the_log(
     await asyncio.sleep(1.0)
     workers.kill(0)
     workers.start(0)
-    assert await asyncio.to_thread(rebuilding.wait) == 0, rebuilding.stderr
+    code, err = await finished(rebuilding)
+    assert code == 0, err
 
     # The log server killed while postgres rebuilds: the rebuild may fail; run again, it
     # ends right (it empties the store and replays everything again).
     rebuilding = rebuild(workers.env, "postgres")
     await asyncio.sleep(0.5)
     kill_log_server(settings)
-    await asyncio.to_thread(rebuilding.wait)
+    await finished(rebuilding)
     control.up(settings)
     again = rebuild(workers.env, "postgres")
-    assert await asyncio.to_thread(again.wait) == 0, again.stderr
+    code, err = await finished(again)
+    assert code == 0, err
     await producing
     await finish(workers)
