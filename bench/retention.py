@@ -38,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import shutil
@@ -148,7 +149,10 @@ async def one_run(
         worker = Worker(
             redis_url=settings.require_redis(), projectors=projectors, settings=settings.runtime
         )
-        async with worker.app, Producer.from_url(settings.require_redis()) as producer:
+        async with (
+            worker.app,
+            Producer.from_url(settings.require_redis(), settings.producer) as producer,
+        ):
             before = await reading(redis, settings)
             for start in range(0, len(load), step):
                 began = time.perf_counter()
@@ -278,6 +282,7 @@ def main() -> None:
     parser.add_argument("--keep", type=int, default=1_000)
     parser.add_argument("--out", type=Path, default=ROOT / "bench" / "reports")
     args = parser.parse_args()
+    logging.getLogger("faststream").setLevel(logging.WARNING)  # a line per task at shutdown
     report = asyncio.run(run(args))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "retention.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -38,10 +38,14 @@ from projectors.projector import Entry, Projector, StoreProjector
 from projectors.retention import Round, trim_forever
 from projectors.settings import RuntimeSettings
 from projectors.tasks import raise_if_cancelled
-from schemas.constants import ARCHIVE, digest_request_key, errors_key
+from schemas.constants import ARCHIVE, backfill_key, digest_request_key, errors_key
 from schemas.errors import ValidationError
 
 LOG_SERVER_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
+
+
+ReplayArchived = Callable[[StoreProjector, int, aioredis.Redis], Awaitable[int]]
+"""Applies to the projector's store what the archive holds of a partition; the count."""
 
 
 def consumer_name() -> str:
@@ -79,15 +83,18 @@ class Worker:
         middleware: Sequence[Middleware] = (),
         consumer: str | None = None,
         each_round: Round | None = None,
+        replay_archived: ReplayArchived | None = None,
     ) -> None:
         """``each_round``: more work of each retention round, after the trim (stack.workers
-        passes the purge of erased sessions)."""
+        passes the purge of erased sessions). ``replay_archived``: how a new group on a
+        trimmed stream gets what left it (stack.workers passes the archive's replay)."""
         self.settings = settings
         self.projectors = list(projectors)
         self.hooks = Hooks(middleware)
         self.consumer = consumer or consumer_name()
         self._redis_url = redis_url
         self._each_round = each_round
+        self._replay_archived = replay_archived
         self._redis: aioredis.Redis | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -124,6 +131,8 @@ class Worker:
             for partition in range(self.settings.partitions):
                 await self._until_log_answers(partial(self._create_group, projector, partition))
             await self._start_with_retry(projector)
+            for partition in range(self.settings.partitions):
+                await self._backfill(projector, partition)
 
     async def _create_group(self, projector: Projector, partition: int) -> None:
         # Groups start at 0, never "$": a new projector must see all history. FastStream
@@ -137,14 +146,31 @@ class Worker:
             return
         info = await self.redis.xinfo_stream(stream)
         if info.get("entries-added", 0) > info["length"]:
-            # A new group on a trimmed stream sees only the hot window; the rest is archived.
+            # A new group on a stream entries have left sees only what is left: the rest
+            # comes from the archive (_backfill). The group, at 0, pins the trim meanwhile;
+            # the key says a backfill is due until one has finished.
+            await self.redis.set(backfill_key(partition, projector.name), stream)
+
+    async def _backfill(self, projector: Projector, partition: int) -> None:
+        """Replay the archive into a new group's store, if its stream had been trimmed."""
+        key = backfill_key(partition, projector.name)
+        if not await self.redis.exists(key):
+            return
+        if self._replay_archived is None or not isinstance(projector, StoreProjector):
             self._log.warning(
-                "%s starts on %s, which has been trimmed: run `amem project rebuild %s` to "
-                "replay its archived history",
+                "%s starts on a trimmed partition %d and cannot replay the archive here: run "
+                "`amem project rebuild %s`",
                 projector.name,
-                stream,
+                partition,
                 projector.name,
             )
+            await self.redis.delete(key)
+            return
+        applied = await self._replay_archived(projector, partition, self.redis)
+        await self.redis.delete(key)
+        self._log.info(
+            "%s: replayed %d archived events of partition %d", projector.name, applied, partition
+        )
 
     async def _start_with_retry(self, projector: Projector) -> None:
         delay = self.settings.retry_initial_s

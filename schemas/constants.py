@@ -91,6 +91,12 @@ TRIM_LOCK_KEY = f"{KEY_PREFIX}:retention:lock"
 """Held by the worker that trims the streams this round; the others skip it."""
 
 
+def backfill_key(partition: int, projector: str) -> str:
+    """Set while a new group of ``projector`` on partition ``N`` is replaying the archive;
+    a worker that finds it at start (the last one died mid-way) replays again."""
+    return f"{KEY_PREFIX}:backfill:{{{partition}}}:{projector}"
+
+
 def digest_request_key(projector: str) -> str:
     """List on which the worker running a projector answers digest requests (for ``verify``
     of a store only that worker may open, such as Qdrant in local mode)."""

@@ -1,4 +1,4 @@
-"""``amem project rebuild``: empty a projection and replay it from the archive, then the stream.
+"""Replays from the archive: ``amem project rebuild``, and a new group on a trimmed stream.
 
 The group goes back to the start of its stream first: that pins the trim point there (no
 entry it has not acknowledged is ever trimmed), so what the stream holds stays, and the
@@ -17,8 +17,10 @@ import redis.asyncio as aioredis
 from projectors.enrichment.embedder import MODEL_NAME
 from projectors.lag import group_states
 from projectors.position import Position
+from projectors.projector import StoreProjector
+from projectors.store import Projection
 from projectors.stores.archive import PostgresArchiveStore
-from schemas.constants import ARCHIVE, group_name
+from schemas.constants import ARCHIVE, group_name, log_key
 from stack.projections import build_store, reads_enriched
 from stack.settings import Settings
 
@@ -37,28 +39,61 @@ async def rebuild(settings: Settings, name: str, progress: Progress) -> int:
         await store.start()
         await archive.start()
         await store.reset()
-        enriched = reads_enriched(name)
         for state in await group_states(redis, [name], settings.runtime.partitions, reads_enriched):
             # Back to the start; ENTRIESREAD 0 keeps the group's lag figure right.
             await redis.xgroup_setid(state.stream, group_name(name), "0", entries_read=0)
-            # The enriched stream is in the order the enricher got to entries, not log
-            # order (a reclaimed entry comes later), so its first entry does not split
-            # the archive from it: the whole archive goes, and what both hold is applied
-            # twice (stores are idempotent). The log is in log order.
-            first = None if enriched else await _first_position(redis, state.stream)
-            async for page in archive.history(
-                state.partition,
-                before=first,
-                model=MODEL_NAME if enriched else None,
-                limits=settings.runtime.limits,
-            ):
-                await store.apply(page)
-                applied += len(page)
-                progress(len(page))
+            applied += await replay_archived(
+                archive, store, redis, state.partition, settings, progress=progress
+            )
     finally:
         await archive.close()
         await store.close()
         await redis.aclose()
+    return applied
+
+
+async def backfill(
+    settings: Settings, projector: StoreProjector, partition: int, redis: aioredis.Redis
+) -> int:
+    """What a worker runs for a new group on a trimmed stream: its archived history."""
+    archive = build_store(settings, ARCHIVE, pool_size=1)
+    assert isinstance(archive, PostgresArchiveStore)
+    await archive.start()
+    try:
+        return await replay_archived(archive, projector.store, redis, partition, settings)
+    finally:
+        await archive.close()
+
+
+async def replay_archived(
+    archive: PostgresArchiveStore,
+    store: Projection,
+    redis: aioredis.Redis,
+    partition: int,
+    settings: Settings,
+    *,
+    progress: Progress | None = None,
+) -> int:
+    """Apply to ``store`` what the archive holds of ``partition`` that its stream may lack.
+
+    The log is in log order: the archive up to its first entry. The enriched stream is in
+    the order the enricher got to entries (a reclaimed entry comes later), so its first
+    entry does not split the archive from it: the whole archive goes, and what both hold
+    is applied twice (stores are idempotent).
+    """
+    enriched = store.needs_enrichment
+    first = None if enriched else await _first_position(redis, log_key(partition))
+    applied = 0
+    async for page in archive.history(
+        partition,
+        before=first,
+        model=MODEL_NAME if enriched else None,
+        limits=settings.runtime.limits,
+    ):
+        await store.apply(page)
+        applied += len(page)
+        if progress is not None:
+            progress(len(page))
     return applied
 
 

@@ -21,6 +21,7 @@ from projectors.metrics import PrometheusMiddleware
 from projectors.runtime import Worker
 from rehydrator.erase import purge_ready
 from stack.projections import build_projector, qdrant_is_local, select
+from stack.rebuilding import backfill
 from stack.settings import Settings
 
 WORKER_INDEX_VAR = "AMEM_WORKER_INDEX"
@@ -48,6 +49,7 @@ def build_worker(settings: Settings, names: Sequence[str] | None = None) -> Work
         settings=settings.runtime,
         middleware=[metrics],
         each_round=partial(purge_ready, partitions=settings.runtime.partitions),
+        replay_archived=partial(backfill, settings),
     )
 
 

@@ -5,12 +5,17 @@ Real worker processes and the embedded services, through the ``amem`` commands a
 
 from __future__ import annotations
 
+import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
 import pytest
+import redis.asyncio as aioredis
 
+from schemas.constants import group_name, log_key
+from stack.projections import build_store
+from stack.settings import Settings
 from tests.conftest import LOCOMO
 from tests.integration.test_project_cli import LOCOMO_MESSAGES, embedded, fresh, run_ok, verified
 
@@ -45,6 +50,20 @@ def groups(env: dict[str, str], projector: str) -> dict[int, dict[str, object]]:
         for g in projectors["groups"]
         if g["projector"] == projector and g["stream"].startswith("amem:log:")
     }
+
+
+async def forget(settings: Settings, name: str) -> None:
+    """As if ``name`` had never run: an empty store and no consumer group."""
+    store = build_store(settings, name)
+    await store.start()
+    await store.reset()
+    await store.close()
+    redis = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        for n in range(settings.runtime.partitions):
+            await redis.xgroup_destroy(log_key(n), group_name(name))
+    finally:
+        await redis.aclose()
 
 
 def replayed(env: dict[str, str], name: str) -> int:
@@ -95,6 +114,9 @@ def test_a_stopped_projector_pins_the_trim_and_rebuilds_read_the_archive(
         assert replayed(env, name) > 0
     run_ok(env, "project", "stop")  # Qdrant local mode is the worker's while it runs
     assert replayed(env, "qdrant") > 0
+    # A projector new to a trimmed log (mongo, forgotten: its group goes) replays the
+    # archive itself when its worker starts.
+    asyncio.run(forget(Settings.from_env(env), "mongo"))
     run_ok(env, "project", "start")
     run_ok(env, "project", "wait", "--timeout", "400")
     counts = verified(env)
