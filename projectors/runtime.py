@@ -32,6 +32,7 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from projectors.deadletter import Refused, dead_letter, error_field
+from projectors.errors import StoreUnavailableError
 from projectors.hooks import Hooks, Middleware
 from projectors.lag import group_state
 from projectors.projector import Entry, Projector, StoreProjector
@@ -130,9 +131,11 @@ class Worker:
         for projector in self.projectors:
             for partition in range(self.settings.partitions):
                 await self._until_log_answers(partial(self._create_group, projector, partition))
-            await self._start_with_retry(projector)
+            await self._with_retry(projector, "start", projector.start)
             for partition in range(self.settings.partitions):
-                await self._backfill(projector, partition)
+                await self._with_retry(
+                    projector, "replay the archive", partial(self._backfill, projector, partition)
+                )
 
     async def _create_group(self, projector: Projector, partition: int) -> None:
         # Groups start at 0, never "$": a new projector must see all history. FastStream
@@ -172,14 +175,22 @@ class Worker:
             "%s: replayed %d archived events of partition %d", projector.name, applied, partition
         )
 
-    async def _start_with_retry(self, projector: Projector) -> None:
+    async def _with_retry(
+        self, projector: Projector, what: str, call: Callable[[], Awaitable[object]]
+    ) -> None:
+        """``call`` until it succeeds, backing off while the store or the log is away."""
+        transient: tuple[type[BaseException], ...] = (
+            *projector.transient_errors,
+            *LOG_SERVER_ERRORS,
+            StoreUnavailableError,
+        )
         delay = self.settings.retry_initial_s
         while True:
             try:
-                await projector.start()
+                await call()
                 return
-            except (*projector.transient_errors, *LOG_SERVER_ERRORS) as exc:
-                self._log.warning("%s unavailable at start (%s); retrying", projector.name, exc)
+            except transient as exc:
+                self._log.warning("%s could not %s (%s); retrying", projector.name, what, exc)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, self.settings.retry_max_s)
 

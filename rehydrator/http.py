@@ -40,10 +40,13 @@ def create_app(
     open_rehydrator: RehydratorFactory,
     check_health: HealthCheck,
     max_body_bytes: int = MAX_BODY_BYTES,
+    erase_wait_s: float = 30.0,
 ) -> FastAPI:
     """The API; its lifespan opens the producer and the rehydrator once, for every request."""
     log = logging.getLogger("rehydrator.http.App")
-    state = AppState(keys=keys, health=HealthCache(check_health), open=[])
+    state = AppState(
+        keys=keys, health=HealthCache(check_health), open=[], erase_wait_s=erase_wait_s
+    )
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -51,7 +51,6 @@ LOG_SERVICE = "redis"
 """The service without which nothing can be appended: health is 503 when it is down."""
 HISTORY_DEADLINE_MS = 2000
 """``GET …/messages`` reads the log, not a latency-bound context: give it time to be whole."""
-ERASE_WAIT_S = 30.0
 ERASE_TIMEOUT = "the erase is in the log but not applied everywhere in time; it goes on"
 ERASE_DONE = (
     "every projector applied the erase, and the session's entries, dead letters and dedup"
@@ -156,6 +155,8 @@ class AppState:
     health: HealthCache
     open: list[Opened]
     """Empty until the lifespan has started (and again after it ended)."""
+    erase_wait_s: float = 30.0
+    """How long ``DELETE …?wait=true`` waits before its 504."""
 
 
 def _state(request: Request) -> AppState:
@@ -288,6 +289,7 @@ async def messages(
     },
 )
 async def erase(
+    request: Request,
     session_id: SessionId,
     tenant_id: Tenant,
     services: Services,
@@ -297,8 +299,9 @@ async def erase(
     wait: Annotated[
         bool,
         Query(
-            description=f"Return once every projector applied the erase and the log server "
-            f"is purged (at most {ERASE_WAIT_S:.0f} s, then 504 naming what is left)."
+            description="Return once every projector applied the erase and the log server "
+            "is purged (at most AMEM_ERASE_WAIT_S, 30 s by default; then 504 naming what is "
+            "left)."
         ),
     ] = False,
 ) -> Response:
@@ -327,7 +330,7 @@ async def erase(
     )
     rehydrator = services.rehydrator
     purged, left, log_files = await wait_and_purge(
-        rehydrator.redis, [erasure], rehydrator.partitions, timeout_s=ERASE_WAIT_S
+        rehydrator.redis, [erasure], rehydrator.partitions, timeout_s=_state(request).erase_wait_s
     )
     if left:
         return _json(EraseLeftOut(error=ERASE_TIMEOUT, left=left).model_dump(), 504)

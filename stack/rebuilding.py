@@ -15,6 +15,7 @@ from typing import cast
 import redis.asyncio as aioredis
 
 from projectors.enrichment.embedder import MODEL_NAME
+from projectors.errors import StoreUnavailableError
 from projectors.lag import group_states
 from projectors.position import Position
 from projectors.projector import StoreProjector
@@ -55,12 +56,18 @@ async def rebuild(settings: Settings, name: str, progress: Progress) -> int:
 async def backfill(
     settings: Settings, projector: StoreProjector, partition: int, redis: aioredis.Redis
 ) -> int:
-    """What a worker runs for a new group on a trimmed stream: its archived history."""
+    """What a worker runs for a new group on a trimmed stream: its archived history.
+
+    The archive's connection errors come out as :class:`StoreUnavailableError`, which the
+    worker retries.
+    """
     archive = build_store(settings, ARCHIVE, pool_size=1)
     assert isinstance(archive, PostgresArchiveStore)
-    await archive.start()
     try:
+        await archive.start()
         return await replay_archived(archive, projector.store, redis, partition, settings)
+    except archive.transient_errors as exc:
+        raise StoreUnavailableError(ARCHIVE, exc) from exc
     finally:
         await archive.close()
 

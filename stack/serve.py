@@ -34,6 +34,7 @@ def build_app(settings: Settings, keys: ApiKeys) -> FastAPI:
         open_producer=lambda: Producer.from_url(redis_url, settings.producer),
         open_rehydrator=lambda: open_rehydrator(settings),
         check_health=lambda: _services(settings),
+        erase_wait_s=settings.erase_wait_s,
     )
 
 

@@ -56,6 +56,8 @@ class Settings:
     """HTTP API key → tenant (``AMEM_API_KEYS``); empty: local mode, on loopback only."""
     http_host: str = "127.0.0.1"
     http_port: int = 8080
+    erase_wait_s: float = 30.0
+    """How long ``DELETE …?wait=true`` waits for an erase to reach everything (then 504)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
@@ -128,6 +130,7 @@ class Settings:
             api_keys=parse_api_keys(env.get("AMEM_API_KEYS") or ""),
             http_host=env.get("AMEM_HTTP_HOST") or "127.0.0.1",
             http_port=_int(env, "AMEM_HTTP_PORT", 8080),
+            erase_wait_s=_int(env, "AMEM_ERASE_WAIT_S", 30),
         )
 
     @property
