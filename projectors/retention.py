@@ -25,7 +25,7 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, cast
 
@@ -33,6 +33,7 @@ import redis.asyncio as aioredis
 
 from projectors.hooks import Middleware
 from projectors.position import Position
+from projectors.streams import pages
 from projectors.tasks import raise_if_cancelled
 from schemas.constants import (
     ARCHIVE,
@@ -111,8 +112,6 @@ return out
 
 _WINDOW_PART = re.compile(r"^(count|age)=(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-PAGE = 1_000
-"""Entries read per round trip when finding the id that starts the newest ``count``."""
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -240,18 +239,11 @@ async def _start_of_newest(redis: aioredis.Redis, key: str, count: int) -> tuple
     skip = await redis.xlen(key) - count
     if skip <= 0:
         return (0, 0)
-    start = "-"
-    while True:
-        page = cast(
-            Sequence[tuple[bytes, object]],
-            await redis.xrange(key, min=start, count=min(PAGE, skip + 1)),
-        )
-        if not page:
-            return (0, 0)
+    async for page in pages(redis, key):
         if skip < len(page):
             return _id(page[skip][0])
         skip -= len(page)
-        start = "(" + page[-1][0].decode()
+    return (0, 0)
 
 
 async def _count_below(redis: aioredis.Redis, key: str, bound: str) -> int:
@@ -261,16 +253,7 @@ async def _count_below(redis: aioredis.Redis, key: str, bound: str) -> int:
         return 0
     # The id just below the bound (an exclusive end cannot be given at seq 0).
     last = f"{ms}-{seq - 1}" if seq else f"{ms - 1}-{2**64 - 1}"
-    total, start = 0, "-"
-    while True:
-        page = cast(
-            Sequence[tuple[bytes, object]],
-            await redis.xrange(key, min=start, max=last, count=PAGE),
-        )
-        total += len(page)
-        if len(page) < PAGE:
-            return total
-        start = "(" + page[-1][0].decode()
+    return sum([len(page) async for page in pages(redis, key, last=last)])
 
 
 def _id(raw: bytes) -> tuple[int, int]:

@@ -30,6 +30,7 @@ from redis.exceptions import ResponseError
 from projectors.deadletter import ENTRY_PREFIX
 from projectors.position import Position
 from projectors.records import SOURCE_FIELD
+from projectors.streams import pages
 from schemas.constants import (
     ENRICHER,
     ENTRY_FIELD,
@@ -41,8 +42,8 @@ from schemas.constants import (
     log_key,
 )
 
-StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
-PAGE = 1_000
+DELETE_CHUNK = 1_000
+"""Ids per XDEL."""
 _log = logging.getLogger(__name__)
 
 
@@ -133,8 +134,8 @@ async def purge(redis: aioredis.Redis, erasure: Erasure, *, delete: bool = True)
     gone = {log_key(n): set(log_ids), enriched_key(n): set(enriched_ids)}
     if delete:
         for key, ids in ((log_key(n), log_ids), (enriched_key(n), enriched_ids)):
-            for i in range(0, len(ids), PAGE):
-                await redis.xdel(key, *ids[i : i + PAGE])
+            for i in range(0, len(ids), DELETE_CHUNK):
+                await redis.xdel(key, *ids[i : i + DELETE_CHUNK])
     async for dlq in redis.scan_iter(match=f"{KEY_PREFIX}:dlq:*", _type="stream"):
         letters = await _dead_letters(redis, dlq, erasure, gone)
         found.add("dead letters", len(letters))
@@ -263,9 +264,7 @@ async def _session_entries(
 ) -> list[bytes]:
     """Ids of the session's entries before the erase (by their log position)."""
     out: list[bytes] = []
-    start = "-"
-    while True:
-        page = cast(StreamEntries, await redis.xrange(key, min=start, count=PAGE))
+    async for page in pages(redis, key):
         for entry_id, fields in page:
             at = Position.parse(fields[SOURCE_FIELD.encode()] if enriched else entry_id)
             if at >= erasure.position:
@@ -275,9 +274,7 @@ async def _session_entries(
                 erasure.session_id,
             ):
                 out.append(entry_id)
-        if len(page) < PAGE:
-            return out
-        start = "(" + page[-1][0].decode()
+    return out
 
 
 async def _dead_letters(
@@ -285,10 +282,8 @@ async def _dead_letters(
 ) -> list[bytes]:
     """Dead letters of the session's entries from before the erase."""
     out: list[bytes] = []
-    start = "-"
     before = {log_key(erasure.partition), enriched_key(erasure.partition)}
-    while True:
-        page = cast(StreamEntries, await redis.xrange(dlq, min=start, count=PAGE))
+    async for page in pages(redis, dlq.decode()):
         for letter_id, fields in page:
             stream = fields.get(b"stream", b"").decode()
             entry = fields.get(b"entry_id", b"")
@@ -298,9 +293,7 @@ async def _dead_letters(
             source = fields.get(ENTRY_PREFIX + SOURCE_FIELD.encode(), entry)
             if entry in gone[stream] or Position.parse(source) < erasure.position:
                 out.append(letter_id)
-        if len(page) < PAGE:
-            return out
-        start = "(" + page[-1][0].decode()
+    return out
 
 
 async def _query_logs(redis: aioredis.Redis, erasure: Erasure, *, delete: bool) -> int:
@@ -309,8 +302,8 @@ async def _query_logs(redis: aioredis.Redis, erasure: Erasure, *, delete: bool) 
     needle = orjson.dumps(erasure.session_id)
     held = 0
     async for key in redis.scan_iter(match="telemetry{*}", _type="stream"):
-        entries = cast(StreamEntries, await redis.xrange(key))
-        held += sum(any(needle in v for v in f.values()) for _, f in entries)
+        async for page in pages(redis, key.decode()):
+            held += sum(any(needle in v for v in f.values()) for _, f in page)
         if delete:
             await redis.delete(key)
     slow = cast(list[dict[str, object]], await redis.slowlog_get(-1))

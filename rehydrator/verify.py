@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import cast
 
 import redis.asyncio as aioredis
 
 from projectors.position import Position
 from projectors.records import Digest, Record, SessionKey, record_from_enriched, record_from_log
 from projectors.stores.archive import PostgresArchiveStore
+from projectors.streams import pages
 from schemas.constants import enriched_key, log_key
 from schemas.digest import content_hash
 from schemas.errors import ValidationError
@@ -104,14 +104,7 @@ class _Replay:
 
 
 async def _scan(redis: aioredis.Redis, key: str) -> StreamEntries:
-    start = "-"
-    entries: StreamEntries = []
-    while True:
-        chunk = cast(StreamEntries, await redis.xrange(key, min=start, count=CHUNK))
-        entries += chunk
-        if len(chunk) < CHUNK:
-            return entries
-        start = "(" + chunk[-1][0].decode()
+    return [entry async for page in pages(redis, key, size=CHUNK) for entry in page]
 
 
 async def log_digest(

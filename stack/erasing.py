@@ -8,20 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import cast
 
 import redis.asyncio as aioredis
 
 from producer import Producer
 from projectors.position import Position
 from projectors.stores.archive import PostgresArchiveStore
+from projectors.streams import pages
 from rehydrator.erase import Erasure, Residue, session_of, wait_and_purge
 from schemas.constants import ARCHIVE, ENTRY_FIELD, log_key
 from schemas.events import SessionErased
 from stack.projections import build_store
 from stack.settings import Settings
-
-StreamEntries = list[tuple[bytes, dict[bytes, bytes]]]
 
 
 @dataclass(kw_only=True, slots=True)
@@ -107,16 +105,11 @@ async def tenant_sessions(settings: Settings, tenant_id: str) -> list[str]:
     redis = aioredis.Redis.from_url(settings.require_redis())
     try:
         for n in range(settings.runtime.partitions):
-            start = "-"
-            while True:
-                page = cast(StreamEntries, await redis.xrange(log_key(n), min=start, count=1000))
+            async for page in pages(redis, log_key(n)):
                 for _, fields in page:
                     tenant, session = session_of(fields.get(ENTRY_FIELD.encode()))
                     if tenant == tenant_id and session is not None:
                         found.add(session)
-                if len(page) < 1000:
-                    break
-                start = "(" + page[-1][0].decode()
     finally:
         await redis.aclose()
     return sorted(found)
