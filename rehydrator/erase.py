@@ -120,7 +120,8 @@ async def _applied(redis: aioredis.Redis, key: str, group: dict[str, object], at
     if cast(int, group["pending"]) == 0:
         return True
     oldest = await redis.xpending(key, cast(bytes, group["name"]))
-    return bool(Position.parse(oldest["min"]) > at)
+    # None: what was pending when XINFO answered has been acknowledged since.
+    return oldest["min"] is None or Position.parse(oldest["min"]) > at
 
 
 async def purge(redis: aioredis.Redis, erasure: Erasure, *, delete: bool = True) -> Residue:
