@@ -328,13 +328,13 @@ async def trim_forever(
     hooks: Middleware,
     stopping: asyncio.Event,
     archived: Callable[[], Awaitable[dict[int, Position]]] | None = None,
-    also: Round | None = None,
+    each_round: Round | None = None,
     transient: tuple[type[BaseException], ...] = (),
 ) -> None:
     """A retention round every ``settings.trim_interval_s`` until ``stopping`` is set.
 
     Every worker runs this; a lock key lets one of them do a round's work: trim (unless
-    retention is off), then ``also``. Each round ends by reporting the log's state to
+    retention is off), then ``each_round``. Each round ends by reporting the log's state to
     ``hooks`` (the worker's metrics).
     """
     window = settings.retain
@@ -352,8 +352,8 @@ async def trim_forever(
                     gone = sum(p.log.trimmed + p.enriched.trimmed for p in done)
                     if gone:
                         log.info("trimmed %d entries below the archive and the groups", gone)
-                if also is not None:
-                    await also(redis)
+                if each_round is not None:
+                    await each_round(redis)
             hooks.after_trim(
                 await log_state(redis, settings.partitions, await archived() if archived else None)
             )

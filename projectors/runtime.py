@@ -45,7 +45,7 @@ from schemas.errors import ValidationError
 LOG_SERVER_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, RedisTimeoutError)
 
 
-ReplayArchived = Callable[[StoreProjector, int, aioredis.Redis], Awaitable[int]]
+Backfill = Callable[[StoreProjector, int, aioredis.Redis], Awaitable[int]]
 """Applies to the projector's store what the archive holds of a partition; the count."""
 
 
@@ -84,10 +84,10 @@ class Worker:
         middleware: Sequence[Middleware] = (),
         consumer: str | None = None,
         each_round: Round | None = None,
-        replay_archived: ReplayArchived | None = None,
+        backfill: Backfill | None = None,
     ) -> None:
         """``each_round``: more work of each retention round, after the trim (stack.workers
-        passes the purge of erased sessions). ``replay_archived``: how a new group on a
+        passes the purge of erased sessions). ``backfill``: how a new group on a
         trimmed stream gets what left it (stack.workers passes the archive's replay)."""
         self.settings = settings
         self.projectors = list(projectors)
@@ -95,7 +95,7 @@ class Worker:
         self.consumer = consumer or consumer_name()
         self._redis_url = redis_url
         self._each_round = each_round
-        self._replay_archived = replay_archived
+        self._backfill_from_archive = backfill
         self._redis: aioredis.Redis | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -159,7 +159,7 @@ class Worker:
         key = backfill_key(partition, projector.name)
         if not await self.redis.exists(key):
             return
-        if self._replay_archived is None or not isinstance(projector, StoreProjector):
+        if self._backfill_from_archive is None or not isinstance(projector, StoreProjector):
             self._log.warning(
                 "%s starts on a trimmed partition %d and cannot replay the archive here: run "
                 "`amem project rebuild %s`",
@@ -169,7 +169,7 @@ class Worker:
             )
             await self.redis.delete(key)
             return
-        applied = await self._replay_archived(projector, partition, self.redis)
+        applied = await self._backfill_from_archive(projector, partition, self.redis)
         await self.redis.delete(key)
         self._log.info(
             "%s: replayed %d archived events of partition %d", projector.name, applied, partition
@@ -210,7 +210,7 @@ class Worker:
                         archived=archive.store.positions
                         if isinstance(archive, StoreProjector)
                         else None,
-                        also=self._each_round,
+                        each_round=self._each_round,
                         transient=LOG_SERVER_ERRORS,
                     )
                 )

@@ -49,7 +49,7 @@ def build_worker(settings: Settings, names: Sequence[str] | None = None) -> Work
         settings=settings.runtime,
         middleware=[metrics],
         each_round=partial(purge_ready, partitions=settings.runtime.partitions),
-        replay_archived=partial(backfill, settings),
+        backfill=partial(backfill, settings),
     )
 
 
