@@ -275,6 +275,14 @@ def _verdicts(run: dict[str, Any]) -> str:
     return "clean" if not bad else "DIFFERS in " + ", ".join(bad)
 
 
+def save(out: Path, name: str, report: dict[str, Any], text: str) -> None:
+    """Write ``<name>.json`` and ``<name>.md`` to ``out``, and print the Markdown."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / f"{name}.md").write_text(text)
+    print(text)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=200_000)
@@ -284,10 +292,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.getLogger("faststream").setLevel(logging.WARNING)  # a line per task at shutdown
     report = asyncio.run(run(args))
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "retention.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "retention.md").write_text(markdown(report))
-    print(markdown(report))
+    save(args.out, "retention", report, markdown(report))
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ and dead-lettering after ``max_deliveries``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import secrets
@@ -33,11 +34,13 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from projectors.deadletter import Refused, dead_letter, error_field
 from projectors.errors import StoreUnavailableError
+from projectors.generations import follow_rebuilds
 from projectors.hooks import Hooks, Middleware
 from projectors.lag import group_state
 from projectors.projector import Entry, Projector, StoreProjector
 from projectors.retention import Round, trim_forever
 from projectors.settings import RuntimeSettings
+from projectors.store import Projection
 from projectors.tasks import raise_if_cancelled
 from schemas.constants import ARCHIVE, backfill_key, digest_request_key, errors_key
 from schemas.errors import ValidationError
@@ -47,6 +50,12 @@ LOG_SERVER_ERRORS: tuple[type[BaseException], ...] = (RedisConnectionError, Redi
 
 Backfill = Callable[[StoreProjector, int, aioredis.Redis], Awaitable[int]]
 """Applies to the projector's store what the archive holds of a partition; the count."""
+
+Rebuild = Callable[
+    [StoreProjector, Projection, Callable[[int], Awaitable[None]], aioredis.Redis], Awaitable[int]
+]
+"""Applies to a new generation's store of the projector everything appended so far (each
+stream, then the archive), telling the callback each count applied; the count."""
 
 
 def consumer_name() -> str:
@@ -85,10 +94,13 @@ class Worker:
         consumer: str | None = None,
         each_round: Round | None = None,
         backfill: Backfill | None = None,
+        rebuild: Rebuild | None = None,
     ) -> None:
         """``each_round``: more work of each retention round, after the trim (stack.workers
         passes the purge of erased sessions). ``backfill``: how a new group on a
-        trimmed stream gets what left it (stack.workers passes the archive's replay)."""
+        trimmed stream gets what left it (stack.workers passes the archive's replay).
+        ``rebuild``: how a new generation of a projection is filled, for the projectors that
+        follow generations (without it, this worker builds none)."""
         self.settings = settings
         self.projectors = list(projectors)
         self.hooks = Hooks(middleware)
@@ -96,6 +108,7 @@ class Worker:
         self._redis_url = redis_url
         self._each_round = each_round
         self._backfill_from_archive = backfill
+        self._rebuild = rebuild
         self._redis: aioredis.Redis | None = None
         self._stopping = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -131,6 +144,7 @@ class Worker:
         for projector in self.projectors:
             for partition in range(self.settings.partitions):
                 await self._until_log_answers(partial(self._create_group, projector, partition))
+            await self._until_log_answers(partial(projector.attach, self.redis, self.consumer))
             await self._with_retry(projector, "start", projector.start)
             for partition in range(self.settings.partitions):
                 await self._with_retry(
@@ -215,6 +229,23 @@ class Worker:
                     )
                 )
             )
+        rebuild = self._rebuild
+        for p in self.projectors:
+            if isinstance(p, StoreProjector) and p.generations is not None and rebuild:
+                self._tasks.append(
+                    asyncio.create_task(
+                        follow_rebuilds(
+                            self.redis,
+                            p.generations,
+                            group=p.group,
+                            streams=[p.source_key(n) for n in range(self.settings.partitions)],
+                            replay=partial(_replay_into, rebuild, p, self.redis),
+                            holder=self.consumer,
+                            stopping=self._stopping,
+                            policy=self.settings.rebuild,
+                        )
+                    )
+                )
         self._reclaimers = [
             asyncio.create_task(self._reclaim_loop(p, n))
             for p in self.projectors
@@ -246,6 +277,9 @@ class Worker:
                 if self._redis is not None:
                     await self._drain_own_pending()
                 for projector in self.projectors:
+                    if isinstance(projector, StoreProjector) and projector.generations:
+                        with contextlib.suppress(*LOG_SERVER_ERRORS):
+                            await projector.generations.forget(self.redis)
                     await projector.close()
         except TimeoutError:  # what is left pending is reclaimed by the next worker
             self._log.warning(
@@ -340,7 +374,8 @@ class Worker:
 
     def _serve_digests(self, projector: StoreProjector) -> None:
         async def on_request(body: dict[str, Any]) -> bytes:
-            digest = await projector.store.digest(body.get("tenant_id"))
+            store = await projector.live_store(self.redis)
+            digest = await store.digest(body.get("tenant_id"))
             return orjson.dumps([[t, s, ids] for (t, s), ids in digest.items()])
 
         self.broker.subscriber(
@@ -514,3 +549,13 @@ class Worker:
             await self._dead_letter(projector, stream, [item], deliveries)
         if retry_ids:
             await self._consume(projector, partition, stream, retry_ids, retry_data, reclaimed=True)
+
+
+async def _replay_into(
+    rebuild: Rebuild,
+    projector: StoreProjector,
+    redis: aioredis.Redis,
+    store: Projection,
+    progress: Callable[[int], Awaitable[None]],
+) -> int:
+    return await rebuild(projector, store, progress, redis)

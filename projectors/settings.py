@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from projectors.generations import DEFAULT_REBUILD_POLICY, RebuildPolicy
 from projectors.retention import RetainWindow
 from schemas.limits import DEFAULT_LIMITS, Limits
 
@@ -35,3 +36,5 @@ class RuntimeSettings:
     trim_interval_s: float = 60.0
     """How often one of the workers trims the streams (0: workers never trim)."""
     limits: Limits = DEFAULT_LIMITS
+    rebuild: RebuildPolicy = DEFAULT_REBUILD_POLICY
+    """How workers take turns at rebuild steps, and how long readers have to move."""

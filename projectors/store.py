@@ -60,6 +60,11 @@ class Projection(ABC):
     async def reset(self) -> None:
         """Drop everything this projection holds (before a rebuild from the log)."""
 
+    @abstractmethod
+    async def drop(self) -> None:
+        """Remove this projection's tables, collections or graph and what they hold (a
+        generation a rebuild replaced); :meth:`start` makes them anew."""
+
     async def positions(self) -> dict[int, Position]:
         """Applied position per partition, where the store keeps it with the data."""
         return {}

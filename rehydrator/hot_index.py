@@ -439,8 +439,20 @@ class HotIndexes:
         *,
         max_rows: int,
     ) -> None:
-        self._history = history
         self._max_rows = max_rows
+        self._copies: OrderedDict[tuple[str, Scope], HotIndex] = OrderedDict()
+        self._loading: dict[tuple[str, Scope], asyncio.Task[None]] = {}
+        self._segmenting: dict[tuple[str, Scope], asyncio.Task[None]] = {}
+        self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
+        self.use(history, vectors)
+
+    def use(self, history: HistoryStore, vectors: VectorSource | None) -> None:
+        """Copy from these stores from now on (a rebuild switched a generation live).
+
+        The copies made so far stay: a new generation holds what the old one held for the
+        same log positions, so their watermarks mean the same there.
+        """
+        self._history = history
         self._feeds = [
             _Feed(
                 history.store,
@@ -458,10 +470,6 @@ class HotIndexes:
                     lambda copy: copy.vectors,
                 )
             )
-        self._copies: OrderedDict[tuple[str, Scope], HotIndex] = OrderedDict()
-        self._loading: dict[tuple[str, Scope], asyncio.Task[None]] = {}
-        self._segmenting: dict[tuple[str, Scope], asyncio.Task[None]] = {}
-        self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
 
     @property
     def projectors(self) -> list[str]:

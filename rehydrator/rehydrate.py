@@ -28,9 +28,9 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import redis.asyncio as aioredis
@@ -46,6 +46,7 @@ from projectors.store import (
     SessionSummary,
     StoredMessage,
     Turn,
+    VectorSource,
     VectorStore,
 )
 from rehydrator import log_tail
@@ -72,6 +73,25 @@ ScopeName = Literal["session", "user"]
 SCOPES: tuple[ScopeName, ...] = ("session", "user")
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Tiers:
+    """The stores calls read, each the live generation of its projection."""
+
+    history: HistoryStore | None = None
+    vectors: tuple[VectorStore, ...] = ()
+    graph: GraphStore | None = None
+    sessions: ProjectionStore | None = None
+    source: VectorSource | None = None
+    """Where the in-memory copies take their vectors from."""
+
+
+class TierSwitch(Protocol):
+    """Tells a rehydrator, before each call, when a rebuild switched a projection live."""
+
+    async def changed(self) -> Tiers | None:
+        """The tiers to read from now on, or None when nothing changed since the last ask."""
+
+
 class Rehydrator:
     """Holds the open stores and models; one instance serves any number of calls at once."""
 
@@ -91,6 +111,7 @@ class Rehydrator:
         hot: HotIndexes | None = None,
         settings: RehydrateSettings | None = None,
         weights: FusionWeights | None = None,
+        switch: TierSwitch | None = None,
     ) -> None:
         self._redis = redis
         self._partitions = partitions
@@ -106,7 +127,22 @@ class Rehydrator:
         self.settings = settings or RehydrateSettings()
         self._weights = weights or FusionWeights()
         self._turns = asyncio.Semaphore(self.settings.concurrency)
+        self._switch = switch
         self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
+
+    async def _follow_rebuilds(self) -> None:
+        """Read the generations a rebuild just switched live, from this call on."""
+        if self._switch is None:
+            return
+        tiers = await self._switch.changed()
+        if tiers is None:
+            return
+        self._history = tiers.history
+        self._vectors = tiers.vectors
+        self._graph = tiers.graph
+        self._sessions = tiers.sessions
+        if self._hot is not None and tiers.history is not None:
+            self._hot.use(tiers.history, tiers.source)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -148,6 +184,7 @@ class Rehydrator:
         if deadline <= 0:
             raise ValueError("deadline_ms must be positive")
         arrived = time.perf_counter()
+        await self._follow_rebuilds()
         async with self._turns:
             call = self._call(deadline)
             context = await self._rehydrate(
@@ -301,6 +338,7 @@ class Rehydrator:
         validate_id("session_id", session_id)
         if scope == "user" and user_id is None:
             raise MissingUserError("user_id: prepare(scope='user') needs one")
+        await self._follow_rebuilds()
         hot = self._hot
         if hot is None:
             return False
@@ -328,6 +366,7 @@ class Rehydrator:
         validate_id("session_id", session_id)
         if limit < 1:
             raise ValueError("limit must be at least 1")
+        await self._follow_rebuilds()
         call = self._call((deadline_ms or self.settings.deadline_ms) / 1000)
         partition = partition_for(tenant_id, session_id, self._partitions)
         scope = Scope(session_id=session_id)

@@ -101,3 +101,21 @@ def digest_request_key(projector: str) -> str:
     """List on which the worker running a projector answers digest requests (for ``verify``
     of a store only that worker may open, such as Qdrant in local mode)."""
     return f"{KEY_PREFIX}:rpc:digest:{projector}"
+
+
+GENERATIONS_KEY = f"{KEY_PREFIX}:generations"
+"""Hash: per projection its live generation (``<name>``), the one a rebuild builds
+(``<name>:building``) and the one it replaced (``<name>:retired``), and an ``epoch`` every
+change bumps (projectors.generations)."""
+GENERATIONS_SEEN_KEY = f"{KEY_PREFIX}:generations:seen"
+"""Hash ``<projection>|<consumer>`` → the newest epoch that consumer applies batches under."""
+
+
+def generation_lease_key(projection: str) -> str:
+    """Held by the worker doing a rebuild step of ``projection`` (build or drop)."""
+    return f"{KEY_PREFIX}:generations:lease:{projection}"
+
+
+def generation_progress_key(projection: str) -> str:
+    """Hash of the rebuild under way of ``projection``: generation, holder, events applied."""
+    return f"{KEY_PREFIX}:generations:progress:{projection}"

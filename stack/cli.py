@@ -25,7 +25,7 @@ from stack.cli_project import dlq_app, project_app, verify
 from stack.cli_rehydrate import rehydrate
 from stack.cli_serve import serve
 from stack.embedded import control
-from stack.projections import select
+from stack.projections import NOT_REBUILT, select
 from stack.settings import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -156,6 +156,17 @@ def _status_json(
                 "workers": worker_pool.running(settings),
                 "embedded": projectors.embedded,
                 "dead_letters": projectors.dead_letters,
+                "generations": {
+                    name: {
+                        "live": projectors.generations.live_of(name),
+                        "building": projectors.generations.building.get(name),
+                        "dropping": retired.generation
+                        if (retired := projectors.generations.retired.get(name))
+                        else None,
+                    }
+                    for name in dict.fromkeys(g.projector for g in projectors.groups)
+                    if name not in NOT_REBUILT
+                },
                 "groups": [
                     {
                         "projector": g.projector,
@@ -179,7 +190,16 @@ def _print_projectors(status: health.ProjectorStatus, workers: list[int]) -> Non
         else "no worker running"
     )
     title = f"projectors: {running}, {status.embedded} messages embedded"
-    table = Table("projector", "partition", "lag", "pending", "last delivered", "dlq", title=title)
+    table = Table(
+        "projector",
+        "generation",
+        "partition",
+        "lag",
+        "pending",
+        "last delivered",
+        "dlq",
+        title=title,
+    )
     shown: set[str] = set()
     for g in status.groups:
         # Partitions whose stream never had an entry say nothing; --json lists them all.
@@ -189,6 +209,7 @@ def _print_projectors(status: health.ProjectorStatus, workers: list[int]) -> Non
         shown.add(g.projector)
         table.add_row(
             g.projector if first else "",
+            status.generation(g.projector) if first and g.projector not in NOT_REBUILT else "",
             str(g.partition),
             "?" if g.lag is None else str(g.lag),
             str(g.pending),

@@ -13,11 +13,10 @@ from rich.table import Table
 
 from projectors.deadletter import list_dead_letters, retry_dead_letters
 from projectors.lag import GroupState, group_states
-from schemas.constants import ARCHIVE, ENRICHER
 from schemas.errors import ConfigurationError
 from stack import rebuilding, worker_pool
 from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
-from stack.projections import PROJECTORS, qdrant_is_local, reads_enriched, select
+from stack.projections import NOT_REBUILT, PROJECTORS, reads_enriched, rebuilt_in_place, select
 from stack.settings import Settings
 from stack.verifying import erased_residue, verify_now
 
@@ -117,22 +116,29 @@ def wait(
 @one_line_errors
 def rebuild(
     name: Annotated[str, typer.Argument(help="The projection to rebuild from the log.")],
+    wait: Annotated[
+        bool,
+        typer.Option("--wait/--no-wait", help="Follow the rebuild until the old one is dropped."),
+    ] = True,
+    timeout: Annotated[
+        float,
+        typer.Option(min=0, help="Exit 1 if not done after this many seconds (0: no limit)."),
+    ] = 0,
     json: JsonFlag = False,
 ) -> None:
-    """Empty one projection and replay it: the archive up to the stream, then the stream.
+    """Build a new generation of one projection beside the live one, then switch to it.
 
-    Vector stores replay the archived and streamed vectors: nothing is embedded again.
+    The workers running the projection replay the streams and the archive into the new
+    generation while the live one keeps serving reads and taking every batch; once it has
+    caught up it is switched live at once and the old one dropped. Vector stores replay
+    the stored vectors: nothing is embedded again. Neo4j is rebuilt in place.
     """
     settings = Settings.from_env()
-    if name in (ENRICHER, ARCHIVE):
+    if name in NOT_REBUILT:
         raise ConfigurationError(
             f"the {name} is not rebuilt: it holds the stored vectors and events others replay"
         )
     select(settings, [name])
-    if name == "qdrant" and qdrant_is_local(settings) and worker_pool.running(settings):
-        raise ConfigurationError(
-            "Qdrant local mode is open in a worker: `amem project stop` first, or use a server"
-        )
     with Progress(
         "[progress.description]{task.description}",
         MofNCompleteColumn(),
@@ -140,16 +146,74 @@ def rebuild(
         console=err,
         transient=json,
     ) as progress:
-        task = progress.add_task(f"{name}: archived events replayed", total=None)
-        applied = asyncio.run(
-            rebuilding.rebuild(settings, name, lambda n: progress.advance(task, n))
-        )
+        if rebuilt_in_place(settings, name):
+            task = progress.add_task(f"{name}: archived events replayed", total=None)
+
+            async def advance(n: int) -> None:
+                progress.advance(task, n)
+
+            applied = asyncio.run(rebuilding.rebuild_in_place(settings, name, advance))
+            if json:
+                print_json(
+                    {"rebuilding": name, "in_place": True, "archived_events_applied": applied}
+                )
+            else:
+                out.print(
+                    f"{name}: emptied, {applied} archived events replayed; its workers replay the"
+                    " stream"
+                )
+            return
+        state = asyncio.run(_blue_green(settings, name, progress, wait, timeout))
     if json:
-        print_json({"rebuilding": name, "archived_events_applied": applied})
-    else:
-        out.print(
-            f"{name}: emptied, {applied} archived events replayed; its workers replay the stream"
+        print_json(
+            {
+                "rebuilding": name,
+                "in_place": False,
+                "live": state.live,
+                "building": state.building,
+                "retiring": state.retiring,
+                "events_applied": state.applied,
+            }
         )
+    elif not state.done:
+        out.print(
+            f"{name}: generation {state.building or state.live} is being built or switched in"
+            f" by the workers running {name} (live: {state.live}); `amem project rebuild {name}`"
+            " follows it"
+        )
+    else:
+        out.print(f"{name}: generation {state.live} is live; the old one is dropped")
+    if wait and not state.done:
+        raise typer.Exit(1)
+
+
+async def _blue_green(
+    settings: Settings, name: str, progress: Progress, wait: bool, limit_s: float
+) -> rebuilding.RebuildState:
+    redis = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        generation = await rebuilding.start_rebuild(redis, name)
+        state = await rebuilding.rebuild_state(redis, name)
+        if not wait:
+            return state
+        if not worker_pool.running(settings):
+            err.print(f"[yellow]no worker runs here: the workers running {name} build it[/]")
+        task = progress.add_task(f"{name}: generation {generation}, events replayed", total=None)
+        deadline = time.monotonic() + limit_s if limit_s else None
+        while deadline is None or time.monotonic() < deadline:
+            state = await rebuilding.rebuild_state(redis, name)
+            if state.building == generation:
+                progress.update(task, completed=state.applied)
+            elif state.retiring is not None:
+                progress.update(
+                    task, description=f"{name}: generation {generation} live, dropping the old one"
+                )
+            if state.done:
+                return state
+            await asyncio.sleep(rebuilding.POLL_S)
+        return state
+    finally:
+        await redis.aclose()
 
 
 @one_line_errors

@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 
 from projectors.enricher import embedded_total
+from projectors.generations import Registry, read_registry
 from projectors.lag import GroupState, dlq_size, group_states
 from projectors.position import Position
 from projectors.retention import LogState, log_state
@@ -133,6 +134,17 @@ class ProjectorStatus:
     dead_letters: dict[str, int]
     embedded: int
     """Messages the enricher has embedded, ever (a rebuild leaves it unchanged)."""
+    generations: Registry
+    """Which generation of each projection is live, being built, being dropped."""
+
+    def generation(self, name: str) -> str:
+        """``g<live>``, with the rebuild under way if any (``g1, building g2``)."""
+        text = f"g{self.generations.live_of(name)}"
+        if (building := self.generations.building.get(name)) is not None:
+            text += f", building g{building}"
+        if (retired := self.generations.retired.get(name)) is not None:
+            text += f", dropping g{retired.generation}"
+        return text
 
 
 async def projector_status(url: str, names: Sequence[str], partitions: int) -> ProjectorStatus:
@@ -140,6 +152,7 @@ async def projector_status(url: str, names: Sequence[str], partitions: int) -> P
     try:
         groups = await group_states(client, names, partitions, reads_enriched)
         dead = {name: await dlq_size(client, name) for name in names}
-        return ProjectorStatus(groups, dead, await embedded_total(client, partitions))
+        embedded = await embedded_total(client, partitions)
+        return ProjectorStatus(groups, dead, embedded, await read_registry(client))
     finally:
         await client.aclose()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from contextlib import AsyncExitStack, asynccontextmanager
 from typing import TypeVar
 
 import redis.asyncio as aioredis
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
+from projectors.generations import Registry, read_registry
 from projectors.store import (
     GraphStore,
     HistoryStore,
@@ -29,7 +30,7 @@ from projectors.store import (
 from rehydrator.fusion import FusionWeights
 from rehydrator.hot_index import HotIndexes
 from rehydrator.query_embedding import QueryEmbedder
-from rehydrator.rehydrate import Rehydrator
+from rehydrator.rehydrate import Rehydrator, Tiers
 from rehydrator.tokens import TokenCounter
 from schemas.constants import ARCHIVE, ENRICHER
 from stack.projections import build_store, qdrant_is_local, reads_enriched, select
@@ -55,6 +56,120 @@ async def _opened(stack: AsyncExitStack, store: P) -> P | None:
     return store
 
 
+def tiers_of(stores: Mapping[str, Projection]) -> Tiers:
+    """Which opened store serves which tier."""
+    history = stores.get("postgres")
+    graph = stores.get("graph")
+    sessions = stores.get("mongo")
+    return Tiers(
+        history=history if isinstance(history, HistoryStore) else None,
+        vectors=tuple(s for s in stores.values() if isinstance(s, VectorStore)),
+        graph=graph if isinstance(graph, GraphStore) else None,
+        sessions=sessions if isinstance(sessions, ProjectionStore) else None,
+        source=next((s for s in stores.values() if isinstance(s, VectorSource)), None),
+    )
+
+
+class LiveGenerations:
+    """The rehydrator's :class:`~rehydrator.rehydrate.TierSwitch` over the generations
+    registry, read before every call (one round trip).
+
+    A generation a rebuild is building is opened in the background as soon as it is seen,
+    so the call after its switch finds it ready; the store it replaced is closed once the
+    calls that may still read it are over (half the workers' grace before they drop it).
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        redis: aioredis.Redis,
+        stores: dict[str, Projection],
+        registry: Registry,
+    ) -> None:
+        self._settings = settings
+        self._redis = redis
+        self._stores = stores
+        self._live = {name: registry.live_of(name) for name in stores}
+        self._epoch = registry.epoch
+        self._opening: dict[tuple[str, int], asyncio.Task[Projection | None]] = {}
+        self._closing: dict[asyncio.Task[None], Projection] = {}
+
+    async def changed(self) -> Tiers | None:
+        try:
+            registry = await read_registry(self._redis)
+        except aioredis.RedisError:
+            return None  # the log tier reports the outage; the tiers stay as they are
+        if registry.epoch == self._epoch:
+            return None
+        for name in self._stores:
+            building = registry.building.get(name)
+            if building is not None:
+                self._open_soon(name, building)
+        switched = False
+        missing = False
+        for name, live in self._live.items():
+            wanted = registry.live_of(name)
+            if wanted == live:
+                continue
+            store = await self._open_soon(name, wanted)
+            if store is None:
+                missing = True  # asked again on the next call
+                continue
+            self._close_later(self._stores[name])
+            self._stores[name], self._live[name] = store, wanted
+            switched = True
+        if not missing:
+            self._epoch = registry.epoch
+        return tiers_of(self._stores) if switched else None
+
+    def _open_soon(self, name: str, generation: int) -> asyncio.Task[Projection | None]:
+        key = (name, generation)
+        task = self._opening.get(key)
+        if task is None or (task.done() and task.result() is None):
+            store = build_store(self._settings, name, pool_size=POOL_SIZE, generation=generation)
+            task = asyncio.create_task(_started(store))
+            self._opening[key] = task
+        return task
+
+    def _close_later(self, store: Projection) -> None:
+        async def close() -> None:
+            await asyncio.sleep(self._settings.runtime.rebuild.grace_s / 2)
+            await store.close()
+
+        task = asyncio.create_task(close())
+        self._closing[task] = store
+        task.add_done_callback(lambda done: self._closing.pop(done, None))
+
+    async def aclose(self) -> None:
+        retired = list(self._closing.items())
+        for closing, _ in retired:
+            closing.cancel()
+        opened = list(self._opening.values())
+        for opening in opened:
+            opening.cancel()
+        await asyncio.gather(*opened, *(task for task, _ in retired), return_exceptions=True)
+        for task, old in retired:
+            if task.cancelled():  # its grace was not over: close it now
+                await old.close()
+        live = {id(s) for s in self._stores.values()}
+        for opening in opened:
+            if opening.cancelled() or opening.exception() is not None:
+                continue
+            opened_store = opening.result()
+            if opened_store is not None and id(opened_store) not in live:
+                await opened_store.close()
+
+
+async def _started(store: P) -> P | None:
+    try:
+        await asyncio.wait_for(store.start(), START_TIMEOUT_S)
+    except Exception as exc:  # the old generation keeps serving meanwhile
+        _log.warning("%s: the new generation is unreachable: %r", store.store, exc)
+        await store.close()
+        return None
+    return store
+
+
 @asynccontextmanager
 async def open_rehydrator(
     settings: Settings, *, weights: FusionWeights | None = None
@@ -64,17 +179,22 @@ async def open_rehydrator(
     # The archive is no tier: context comes from the projections, the archive feeds replays.
     names = tuple(n for n in select(settings) if n != ARCHIVE)
     async with AsyncExitStack() as stack:
-        stores: dict[str, Projection] = {}
-        for name in names:
-            if name == ENRICHER or (name == "qdrant" and qdrant_is_local(settings)):
-                continue
-            opened = await _opened(stack, build_store(settings, name, pool_size=POOL_SIZE))
-            if opened is not None:
-                stores[name] = opened
         redis = aioredis.Redis.from_url(
             settings.require_redis(), socket_connect_timeout=2, socket_timeout=5
         )
         stack.push_async_callback(redis.aclose)
+        registry = await read_registry(redis)
+        stores: dict[str, Projection] = {}
+        for name in names:
+            if name == ENRICHER or (name == "qdrant" and qdrant_is_local(settings)):
+                continue
+            generation = registry.live_of(name)
+            store = build_store(settings, name, pool_size=POOL_SIZE, generation=generation)
+            opened = await _opened(stack, store)
+            if opened is not None:
+                stores[name] = opened
+        switch = LiveGenerations(settings, redis, stores, registry)
+        stack.push_async_callback(switch.aclose)
         embedder = await asyncio.to_thread(
             QueryEmbedder.load, settings.home / "models", threads=settings.rehydrate_threads
         )
@@ -86,25 +206,23 @@ async def open_rehydrator(
         # the query embedding already use the cores; more threads only fight them (p99 at
         # 50,000 turns was 69 ms with two, 20 ms with one).
         threadpool_limits(limits=1, user_api="blas")
-        history = stores.get("postgres")
-        graph = stores.get("graph")
-        sessions = stores.get("mongo")
-        source = next((s for s in stores.values() if isinstance(s, VectorSource)), None)
+        tiers = tiers_of(stores)
         hot = None
-        if isinstance(history, HistoryStore) and settings.rehydrate.hot_rows:
-            hot = HotIndexes(history, source, max_rows=settings.rehydrate.hot_rows)
+        if tiers.history is not None and settings.rehydrate.hot_rows:
+            hot = HotIndexes(tiers.history, tiers.source, max_rows=settings.rehydrate.hot_rows)
         yield Rehydrator(
             redis=redis,
             partitions=settings.producer.partitions,
             projectors=names,
             reads_enriched=reads_enriched,
-            history=history if isinstance(history, HistoryStore) else None,
-            vectors=[s for s in stores.values() if isinstance(s, VectorStore)],
-            graph=graph if isinstance(graph, GraphStore) else None,
-            sessions=sessions if isinstance(sessions, ProjectionStore) else None,
+            history=tiers.history,
+            vectors=tiers.vectors,
+            graph=tiers.graph,
+            sessions=tiers.sessions,
             embedder=embedder,
             counter=TokenCounter.load(),
             hot=hot,
             settings=settings.rehydrate,
             weights=weights,
+            switch=switch,
         )

@@ -12,6 +12,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from producer.settings import ProducerSettings, parse_durability
+from projectors.generations import RebuildPolicy
 from projectors.retention import RetainWindow
 from projectors.settings import DEFAULT_RETAIN, RuntimeSettings
 from rehydrator.http_keys import parse_api_keys
@@ -93,6 +94,10 @@ class Settings:
             limits=limits,
             retain=RetainWindow.parse(env.get("AMEM_LOG_RETAIN", str(DEFAULT_RETAIN))),
             trim_interval_s=_int(env, "AMEM_LOG_TRIM_INTERVAL_S", 60, minimum=0),
+            rebuild=RebuildPolicy(
+                lease_s=_int(env, "AMEM_REBUILD_LEASE_S", 30),
+                grace_s=_int(env, "AMEM_REBUILD_GRACE_S", 10, minimum=0),
+            ),
         )
         rehydrate = RehydrateSettings(
             deadline_ms=_int(env, "AMEM_REHYDRATE_DEADLINE_MS", 80),

@@ -18,7 +18,7 @@ from projectors.stores.archive import PostgresArchiveStore
 from rehydrator.erase import Erasure, Residue, purge
 from rehydrator.verify import DigestSource, Verdict, enriched_digest, log_digest, verify
 from schemas.constants import ARCHIVE, ENRICHER, digest_request_key
-from stack.projections import build_store, qdrant_is_local
+from stack.projections import build_live_store, build_store, qdrant_is_local
 from stack.settings import Settings
 from stack.worker_pool import running
 
@@ -26,7 +26,11 @@ ASK_TIMEOUT_S = 120.0
 
 
 async def _from_store(settings: Settings, name: str, tenant_id: str | None) -> Digest:
-    store = build_store(settings, name)
+    redis = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        store = await build_live_store(settings, name, redis)
+    finally:
+        await redis.aclose()
     try:
         await store.start()
         return await store.digest(tenant_id)

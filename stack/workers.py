@@ -21,7 +21,7 @@ from projectors.metrics import PrometheusMiddleware
 from projectors.runtime import Worker
 from rehydrator.erase import purge_ready
 from stack.projections import build_projector, qdrant_is_local, select
-from stack.rebuilding import backfill
+from stack.rebuilding import backfill, fill_generation
 from stack.settings import Settings
 
 WORKER_INDEX_VAR = "AMEM_WORKER_INDEX"
@@ -50,6 +50,7 @@ def build_worker(settings: Settings, names: Sequence[str] | None = None) -> Work
         middleware=[metrics],
         each_round=partial(purge_ready, partitions=settings.runtime.partitions),
         backfill=partial(backfill, settings),
+        rebuild=partial(fill_generation, settings),
     )
 
 

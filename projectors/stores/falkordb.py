@@ -60,6 +60,15 @@ class FalkorDBGraphStore(CypherGraphStore):
         # Everything in this graph is ours; deleting the nodes keeps the indexes.
         await self._run(Statement("MATCH (n) DETACH DELETE n", write=True))
 
+    async def drop(self) -> None:
+        if self._graph is None:
+            raise RuntimeError("FalkorDBGraphStore used before start()")
+        try:
+            await self._graph.delete()
+        except redis.exceptions.ResponseError as exc:
+            if "Invalid graph operation on empty key" not in str(exc):
+                raise
+
     async def _run(self, statement: Statement) -> Rows:
         # GRAPH.QUERY even for reads: GRAPH.RO_QUERY fails on a graph not created yet.
         if self._graph is None:

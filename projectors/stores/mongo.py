@@ -327,6 +327,11 @@ class MongoProjectionStore(TombstoneProjection, ProjectionStore):
         await self._sessions.delete_many({})
         await self._erasures.delete_many({})
 
+    async def drop(self) -> None:
+        if self._client is None:
+            raise ProjectorError(f"{self.store} store is not started")
+        await self._client.drop_database(self._database)
+
 
 def _session_update(records: Sequence[Record]) -> UpdateOne:
     """Every message of one session in the batch, as one upsert of its session document."""

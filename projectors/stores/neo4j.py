@@ -105,6 +105,10 @@ class Neo4jGraphStore(CypherGraphStore):
             if not rows or int(rows[0][0]) < RESET_BATCH:
                 return
 
+    async def drop(self) -> None:
+        # The nodes are ours, the database may not be (Community has one): empty it.
+        await self.reset()
+
     async def _run(self, statement: Statement) -> Rows:
         if self._driver is None:
             raise RuntimeError("Neo4jGraphStore used before start()")

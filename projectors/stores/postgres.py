@@ -47,7 +47,7 @@ SEARCHABLE = (
 """What full text indexes: the message as rendered into context (speaker, text, caption)."""
 
 SCHEMA = f"""
-CREATE EXTENSION IF NOT EXISTS vector;
+CREATE EXTENSION IF NOT EXISTS vector SCHEMA public;
 CREATE TABLE IF NOT EXISTS amem_positions (
     projector text NOT NULL, partition int NOT NULL,
     pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
@@ -149,11 +149,24 @@ class PostgresProjection(Projection):
     """DDL of this projection's own tables, run at start after the shared schema."""
 
     def __init__(
-        self, *, url: str, projector: str | None = None, pool_size: int = DEFAULT_POOL_SIZE
+        self,
+        *,
+        url: str,
+        projector: str | None = None,
+        pool_size: int = DEFAULT_POOL_SIZE,
+        schema: str = "public",
     ) -> None:
+        """``schema``: where the tables live (a rebuild builds the next generation in a
+        schema of its own beside the live one; ``public`` is the first generation's)."""
+        if not re.fullmatch(r"[a-z_][a-z0-9_]*", schema):
+            raise ValueError(f"not a plain Postgres schema name: {schema!r}")
         self._url = url
         self.projector = projector or self.store
         self._pool_size = pool_size
+        self.pg_schema = schema
+        # Unqualified table names resolve in the generation's schema first; the vector
+        # type and extension stay in public.
+        self._server_settings = {"search_path": f"{schema}, public"}
         self._pool: Any = None
         self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
 
@@ -161,10 +174,11 @@ class PostgresProjection(Projection):
         # The schema first, on a connection of its own: the pool's connections may need
         # its types (pgvector's) as they open. Two workers creating it at once would race
         # on the catalog: lock first.
-        conn = await asyncpg.connect(self._url, timeout=60)
+        conn = await asyncpg.connect(self._url, timeout=60, server_settings=self._server_settings)
         try:
             async with conn.transaction():
                 await conn.execute("SELECT pg_advisory_xact_lock(7305916)")
+                await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {self.pg_schema}")
                 await conn.execute(SCHEMA + self.schema)
         finally:
             await conn.close()
@@ -174,6 +188,7 @@ class PostgresProjection(Projection):
                 min_size=1,
                 max_size=self._pool_size,
                 command_timeout=60,
+                server_settings=self._server_settings,
                 init=self._init_connection,
             )
 
@@ -274,6 +289,13 @@ class PostgresProjection(Projection):
                 await conn.execute(f"TRUNCATE {table}")
             for table in ("amem_erasures", "amem_positions"):
                 await conn.execute(f"DELETE FROM {table} WHERE projector = $1", self.projector)
+
+    async def drop(self) -> None:
+        if self.pg_schema == "public":  # shared with the other projections' first generation
+            await self.reset()
+            return
+        async with self._pool.acquire() as conn:
+            await conn.execute(f"DROP SCHEMA IF EXISTS {self.pg_schema} CASCADE")
 
     async def _digest(self, hash_expr: str, tenant_id: str | None) -> Digest:
         query = f"SELECT tenant_id, session_id, message_id, {hash_expr} AS h FROM {self.tables[0]}"

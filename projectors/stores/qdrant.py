@@ -6,6 +6,8 @@ brute-force scan (about 20 ms per filtered query at 2,000 points). **Only one cl
 one process, may open a path at a time**: a second one raises "Storage folder … is already
 accessed by another instance of Qdrant client". Run a single Qdrant projector worker per
 path, and read through that worker (or use a server) when several processes need Qdrant.
+Within a process, stores of one path (two generations of the projection during a rebuild)
+share one local client, closed with the last of them.
 
 Layout:
 
@@ -48,6 +50,25 @@ UNAVAILABLE_STATUS = frozenset({502, 503, 504})
 """HTTP answers meaning the server (or the proxy before it) is down, not the request wrong."""
 
 
+_LOCAL: dict[str, tuple[AsyncQdrantClient, int]] = {}
+"""Local-mode clients of this process by path, with how many stores use each."""
+
+
+def _open_local(path: str) -> AsyncQdrantClient:
+    client, users = _LOCAL.get(path) or (AsyncQdrantClient(path=path), 0)
+    _LOCAL[path] = (client, users + 1)
+    return client
+
+
+async def _close_local(path: str) -> None:
+    client, users = _LOCAL[path]
+    if users > 1:
+        _LOCAL[path] = (client, users - 1)
+        return
+    del _LOCAL[path]
+    await client.close()
+
+
 class QdrantVectorStore(TombstoneProjection, VectorStore):
     store = "qdrant"
     transient_errors: ClassVar[tuple[type[BaseException], ...]] = (
@@ -86,17 +107,19 @@ class QdrantVectorStore(TombstoneProjection, VectorStore):
     async def start(self) -> None:
         if self._client is None:
             self._client = (
-                AsyncQdrantClient(url=self._url)
-                if self._url is not None
-                else AsyncQdrantClient(path=self._path)
+                AsyncQdrantClient(url=self._url) if self._path is None else _open_local(self._path)
             )
         with _unavailable():
             await self._create_missing()
 
     async def close(self) -> None:
         client, self._client = self._client, None
-        if client is not None:
+        if client is None:
+            return
+        if self._path is None:
             await client.close()
+        else:
+            await _close_local(self._path)
 
     async def reset(self) -> None:
         client = self._require()
@@ -104,6 +127,12 @@ class QdrantVectorStore(TombstoneProjection, VectorStore):
             for name in (self.collection, self.erasures):
                 await client.delete_collection(name)
             await self._create_missing()
+
+    async def drop(self) -> None:
+        client = self._require()
+        with _unavailable():
+            for name in (self.collection, self.erasures):
+                await client.delete_collection(name)
 
     async def _create_missing(self) -> None:
         client = self._require()

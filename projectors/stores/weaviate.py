@@ -139,10 +139,14 @@ class WeaviateVectorStore(TombstoneProjection, VectorStore):
             await client.close()
 
     async def reset(self) -> None:
+        await self.drop()
+        with unavailable():
+            await self._create_missing()
+
+    async def drop(self) -> None:
         with unavailable():
             await self._require().collections.delete([self.collection, self.erasures])
             self._erasure_tenants.clear()
-            await self._create_missing()
 
     async def _create_missing(self) -> None:
         await self._create_collection(self.collection, MESSAGE_PROPERTIES, indexed=True)

@@ -46,14 +46,15 @@ class EmbeddedRedis(DetachedServer):
         return f"redis://127.0.0.1:{port}/0"
 
     def wait_ready(self, port: int, log: Path) -> None:
-        # The port opens before the AOF is replayed; until then every command gets LOADING.
+        # The port opens before the AOF is replayed; until then every command gets LOADING,
+        # or no answer at all while one long command (a graph write) is replayed.
         deadline = time.monotonic() + self.start_timeout
         with redis.Redis(port=port, socket_timeout=2) as client:
             while True:
                 try:
                     client.ping()
                     return
-                except redis.exceptions.BusyLoadingError:
+                except (redis.exceptions.BusyLoadingError, redis.exceptions.TimeoutError):
                     if time.monotonic() > deadline:
                         raise StackError(
                             f"redis still loading its AOF after {self.start_timeout:.0f} s; "

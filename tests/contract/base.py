@@ -135,6 +135,16 @@ class ProjectionContract:
         assert await store.count() == 0
         assert await store.digest() == {}
 
+    async def test_drop_removes_everything_and_start_makes_it_anew(self, store: Projection) -> None:
+        await store.apply([*conversation("t1", "s1"), erase("t1", "s2", 100)])
+        await store.drop()
+        await store.start()
+        assert await store.count() == 0
+        assert await store.digest() == {}
+        late = conversation("t1", "s2", 2, start=50)  # the dropped tombstone is gone too
+        await store.apply(late)
+        assert len((await store.digest("t1"))[("t1", "s2")]) == len(late)
+
 
 class ProjectionStoreContract(ProjectionContract):
     async def observe(self, store: Any, tenant: str, sessions: Sequence[str]) -> object:

@@ -125,6 +125,11 @@ class Workers:
         for i in range(len(self.procs)):
             await self.running(i)
 
+    def index_of(self, consumer: str) -> int:
+        """Which worker a consumer name (``host-pid-hex``) belongs to."""
+        pid = int(consumer.rsplit("-", 2)[1])
+        return next(i for i, p in enumerate(self.procs) if p is not None and p.pid == pid)
+
     def kill(self, index: int) -> None:
         proc = self.procs[index]
         assert proc is not None

@@ -1,0 +1,138 @@
+"""Blue/green rebuilds under a steady rehydrate load: no call sees the rebuild.
+
+Real worker processes and the embedded services. Two rehydrators read all along, one
+through its in-memory copies and one straight from the stores (no copies), while
+``amem project rebuild`` builds pgvector, the graph and Qdrant anew beside the live ones,
+switches and drops the old ones. Every call must report as many dense candidates as the
+same call before the rebuild, and no degraded tier. (The graph tier's candidates are not
+compared: they vary from call to call without any rebuild, with the order the seeds'
+reads finish in.) The call deadline is generous on
+purpose: the property is that the switch is invisible to readers, not how fast two cores
+serve reads while they also replay a projection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import AsyncExitStack
+from dataclasses import replace
+
+import asyncpg
+import pytest
+import redis.asyncio as aioredis
+
+from projectors.generations import read_registry
+from rehydrator.context import Context
+from rehydrator.rehydrate import Rehydrator
+from stack.rehydration import open_rehydrator
+from stack.settings import Settings
+from tests.conftest import LOCOMO
+from tests.integration.test_cli import amem
+from tests.integration.test_project_cli import LOCOMO_MESSAGES, embedded, fresh, run_ok, verified
+
+__all__ = ["fresh"]  # the fixture, imported to be used here
+
+QUESTIONS = (
+    ("conv-26", "When did Caroline go to the LGBTQ support group?"),
+    ("conv-26", "What did Melanie paint recently?"),
+    ("conv-30", "Why did Jon decide to start his own dance studio?"),
+)
+Shape = dict[tuple[str, str], int]
+"""Per rehydrator and question: the dense candidates of a call."""
+
+
+@pytest.fixture
+def env(fresh: dict[str, str]) -> dict[str, str]:
+    return {
+        **fresh,
+        "AMEM_REHYDRATE_DEADLINE_MS": "5000",
+        "AMEM_REHYDRATE_TIER_DEADLINES": "graph=5000",
+        "AMEM_REBUILD_GRACE_S": "2",
+    }
+
+
+def shape(context: Context) -> int:
+    degraded = [r for r in context.tiers if r.status not in ("ok", "skipped")]
+    assert not degraded, degraded
+    counts = {r.tier: r.candidates for r in context.tiers}
+    assert "graph" in counts, context.tiers
+    return counts["dense"]  # from the in-memory copy or from a vector store, the same hits
+
+
+async def ask_all(rehydrators: list[Rehydrator]) -> Shape:
+    shapes: Shape = {}
+    for i, rehydrator in enumerate(rehydrators):
+        for session, question in QUESTIONS:
+            context = await rehydrator.rehydrate("default", session, question, 1000)
+            shapes[(f"{i}:{session}", question)] = shape(context)
+    return shapes
+
+
+async def under_load(env: dict[str, str], names: list[str]) -> tuple[int, dict[str, int]]:
+    """Rebuild each of ``names`` in turn while the rehydrators read; calls made, and the
+    live generation of each projection at the end."""
+    settings = Settings.from_env(env)
+    async with AsyncExitStack() as stack:
+        rehydrators = [
+            await stack.enter_async_context(open_rehydrator(settings)),
+            await stack.enter_async_context(
+                open_rehydrator(
+                    replace(settings, rehydrate=replace(settings.rehydrate, hot_rows=0))
+                )
+            ),
+        ]
+        for rehydrator in rehydrators:
+            for session, _ in QUESTIONS:
+                await rehydrator.prepare("default", session)
+        baseline = await ask_all(rehydrators)
+        assert all(dense > 0 for dense in baseline.values()), baseline
+        calls = 0
+        stop = asyncio.Event()
+
+        async def load() -> None:
+            nonlocal calls
+            while not stop.is_set():
+                assert await ask_all(rehydrators) == baseline
+                calls += 1
+
+        reading = asyncio.create_task(load())
+        try:
+            for name in names:
+                done = await asyncio.to_thread(amem, env, "project", "rebuild", name, "--json")
+                assert done.returncode == 0, done.stderr
+                assert not reading.done()
+            # Calls after the last drop read only the new generations.
+            await asyncio.sleep(1)
+        finally:
+            stop.set()
+            await reading
+        redis = aioredis.Redis.from_url(settings.require_redis())
+        try:
+            registry = await read_registry(redis)
+            graphs = await redis.execute_command("GRAPH.LIST")  # type: ignore[no-untyped-call]
+            assert graphs == [b"amem_g2"]  # the old one is dropped
+        finally:
+            await redis.aclose()
+        conn = await asyncpg.connect(settings.require_postgres())
+        try:  # the first generation lives in public, shared: dropping it empties its tables
+            assert await conn.fetchval("SELECT count(*) FROM public.amem_vectors") == 0
+            assert await conn.fetchval("SELECT count(*) FROM amem_pgvector_g2.amem_vectors") == (
+                LOCOMO_MESSAGES
+            )
+        finally:
+            await conn.close()
+        return calls, {name: registry.live_of(name) for name in names}
+
+
+@pytest.mark.timeout(900)
+def test_rebuilds_switch_generations_without_a_reader_noticing(env: dict[str, str]) -> None:
+    assert run_ok(env, "import", str(LOCOMO))["appended"] == LOCOMO_MESSAGES
+    run_ok(env, "project", "start")
+    run_ok(env, "project", "wait", "--timeout", "400")
+
+    calls, live = asyncio.run(under_load(env, ["pgvector", "graph", "qdrant"]))
+    assert calls > 3, calls  # the load ran across every rebuild
+    assert live == {"pgvector": 2, "graph": 2, "qdrant": 2}
+    counts = verified(env)
+    assert set(counts.values()) == {LOCOMO_MESSAGES}, counts
+    assert embedded(env) == LOCOMO_MESSAGES  # no rebuild embedded anything
