@@ -45,17 +45,6 @@ POOL_SIZE = 16
 _log = logging.getLogger(__name__)
 
 
-async def _opened(stack: AsyncExitStack, store: P) -> P | None:
-    try:
-        await asyncio.wait_for(store.start(), START_TIMEOUT_S)
-    except Exception as exc:  # any failure leaves the tier out, loudly
-        _log.warning("%s is unreachable, its tier is left out: %r", store.store, exc)
-        await store.close()
-        return None
-    stack.push_async_callback(store.close)
-    return store
-
-
 def tiers_of(stores: Mapping[str, Projection]) -> Tiers:
     """Which opened store serves which tier."""
     history = stores.get("postgres")
@@ -79,20 +68,27 @@ class LiveGenerations:
     calls that may still read it are over (half the workers' grace before they drop it).
     """
 
-    def __init__(
-        self,
-        settings: Settings,
-        redis: aioredis.Redis,
-        stores: dict[str, Projection],
-        registry: Registry,
-    ) -> None:
+    def __init__(self, settings: Settings, redis: aioredis.Redis, registry: Registry) -> None:
         self._settings = settings
         self._redis = redis
-        self._stores = stores
-        self._live = {name: registry.live_of(name) for name in stores}
+        self._stores: dict[str, Projection] = {}
+        self._live: dict[str, int] = {}
+        self._registry = registry
         self._epoch = registry.epoch
         self._opening: dict[tuple[str, int], asyncio.Task[Projection | None]] = {}
         self._closing: dict[asyncio.Task[None], Projection] = {}
+
+    async def open_live(self, name: str) -> None:
+        """Open ``name``'s live generation, closed with the others by :meth:`aclose`; one
+        that cannot be reached is left out, with a warning (its tier reports "skipped")."""
+        generation = self._registry.live_of(name)
+        store = build_store(self._settings, name, pool_size=POOL_SIZE, generation=generation)
+        if await _started(store, "is unreachable, its tier is left out") is not None:
+            self._stores[name], self._live[name] = store, generation
+
+    @property
+    def tiers(self) -> Tiers:
+        return tiers_of(self._stores)
 
     async def changed(self) -> Tiers | None:
         try:
@@ -127,7 +123,7 @@ class LiveGenerations:
         task = self._opening.get(key)
         if task is None or (task.done() and task.result() is None):
             store = build_store(self._settings, name, pool_size=POOL_SIZE, generation=generation)
-            task = asyncio.create_task(_started(store))
+            task = asyncio.create_task(_started(store, "new generation is unreachable"))
             self._opening[key] = task
         return task
 
@@ -158,14 +154,20 @@ class LiveGenerations:
             opened_store = opening.result()
             if opened_store is not None and id(opened_store) not in live:
                 await opened_store.close()
+        for store in self._stores.values():
+            await store.close()
 
 
-async def _started(store: P) -> P | None:
+async def _started(store: P, unreachable: str) -> P | None:
+    """``store`` started, or None (and closed) when that fails: the caller serves without
+    it, and the warning says what that means (``unreachable``)."""
     try:
         await asyncio.wait_for(store.start(), START_TIMEOUT_S)
-    except Exception as exc:  # the old generation keeps serving meanwhile
-        _log.warning("%s: the new generation is unreachable: %r", store.store, exc)
+    except BaseException as exc:
         await store.close()
+        if not isinstance(exc, Exception):
+            raise  # cancelled: closed all the same
+        _log.warning("%s %s: %r", store.store, unreachable, exc)
         return None
     return store
 
@@ -183,18 +185,12 @@ async def open_rehydrator(
             settings.require_redis(), socket_connect_timeout=2, socket_timeout=5
         )
         stack.push_async_callback(redis.aclose)
-        registry = await read_registry(redis)
-        stores: dict[str, Projection] = {}
+        switch = LiveGenerations(settings, redis, await read_registry(redis))
+        stack.push_async_callback(switch.aclose)
         for name in names:
             if name == ENRICHER or (name == "qdrant" and qdrant_is_local(settings)):
                 continue
-            generation = registry.live_of(name)
-            store = build_store(settings, name, pool_size=POOL_SIZE, generation=generation)
-            opened = await _opened(stack, store)
-            if opened is not None:
-                stores[name] = opened
-        switch = LiveGenerations(settings, redis, stores, registry)
-        stack.push_async_callback(switch.aclose)
+            await switch.open_live(name)
         embedder = await asyncio.to_thread(
             QueryEmbedder.load, settings.home / "models", threads=settings.rehydrate_threads
         )
@@ -206,7 +202,7 @@ async def open_rehydrator(
         # the query embedding already use the cores; more threads only fight them (p99 at
         # 50,000 turns was 69 ms with two, 20 ms with one).
         threadpool_limits(limits=1, user_api="blas")
-        tiers = tiers_of(stores)
+        tiers = switch.tiers
         hot = None
         if tiers.history is not None and settings.rehydrate.hot_rows:
             hot = HotIndexes(tiers.history, tiers.source, max_rows=settings.rehydrate.hot_rows)
