@@ -80,8 +80,9 @@ def verify_now(
 
 
 async def erased_residue(settings: Settings, tenant_id: str | None) -> dict[str, Residue]:
-    """Per erased session (``tenant/session``), what the log server still holds of it from
-    before its latest erase, place by place: empty when the erase reached everything."""
+    """Per erased session (``tenant/session``) and redacted message
+    (``tenant/session#message``), what the log server still holds of it from before its
+    latest erase or redaction, place by place: empty when that reached everything."""
     archive = build_store(settings, ARCHIVE, pool_size=1)
     assert isinstance(archive, PostgresArchiveStore)
     await archive.start()
@@ -92,11 +93,15 @@ async def erased_residue(settings: Settings, tenant_id: str | None) -> dict[str,
     redis = aioredis.Redis.from_url(settings.require_redis())
     out = {}
     try:
-        for tenant, session, partition, position in erased:
+        for tenant, session, message, partition, position in erased:
             erasure = Erasure(
-                tenant_id=tenant, session_id=session, partition=partition, position=position
+                tenant_id=tenant,
+                session_id=session,
+                partition=partition,
+                position=position,
+                message_id=message,
             )
-            out[f"{tenant}/{session}"] = await purge(redis, erasure, delete=False)
+            out[erasure.name] = await purge(redis, erasure, delete=False)
     finally:
         await redis.aclose()
     return out
