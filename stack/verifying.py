@@ -79,10 +79,9 @@ def verify_now(
     return asyncio.run(run_verify(settings, names, tenant_id))
 
 
-async def erased_residue(settings: Settings, tenant_id: str | None) -> dict[str, Residue]:
-    """Per erased session (``tenant/session``) and redacted message
-    (``tenant/session#message``), what the log server still holds of it from before its
-    latest erase or redaction, place by place: empty when that reached everything."""
+async def erased_residue(settings: Settings, tenant_id: str | None) -> dict[Erasure, Residue]:
+    """Per latest erase of a session and latest redaction of a message, what the log server
+    still holds of what it covers, place by place: empty when it reached everything."""
     archive = build_store(settings, ARCHIVE, pool_size=1)
     assert isinstance(archive, PostgresArchiveStore)
     await archive.start()
@@ -101,7 +100,7 @@ async def erased_residue(settings: Settings, tenant_id: str | None) -> dict[str,
                 position=position,
                 message_id=message,
             )
-            out[erasure.name] = await purge(redis, erasure, delete=False)
+            out[erasure] = await purge(redis, erasure, delete=False)
     finally:
         await redis.aclose()
     return out
