@@ -81,7 +81,8 @@ class TombstoneProjection(Projection):
     write re-reads the tombstones after writing. Whichever of two concurrent workers runs
     second therefore sees the other's write, so a message at or before an erase never
     survives it, and messages appended after the erase do. A redaction does the same with
-    a tombstone of its own message (its position), which no session erase replaces.
+    a tombstone of its own message (its position): the message's copies at or before it go,
+    the rest of the session stays.
     """
 
     async def apply(self, records: Sequence[Record]) -> None:
