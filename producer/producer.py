@@ -34,7 +34,7 @@ from schemas.constants import (
     dedup_key,
     log_key,
 )
-from schemas.events import Event, Message, MessageAppended
+from schemas.events import Event, Message, MessageAppended, MessageRedacted, SessionErased
 from schemas.partitioning import partition_for
 from schemas.validation import validate_event
 
@@ -133,10 +133,28 @@ class Producer:
             [MessageAppended(message=m) for m in messages], durability=durability
         )
 
+    async def redact(
+        self,
+        tenant_id: str,
+        session_id: str,
+        message_id: str,
+        *,
+        reason: str | None = None,
+        durability: Durability | None = None,
+    ) -> AppendResult:
+        """Append a ``message.redacted``: the message is forgotten everywhere (its copies
+        before this point of the log), the rest of its session kept."""
+        event = MessageRedacted(
+            tenant_id=tenant_id, session_id=session_id, message_id=message_id, reason=reason
+        )
+        (result,) = await self.append_events([event], durability=durability)
+        return result
+
     async def append_events(
         self, events: Sequence[Event], *, durability: Durability | None = None
     ) -> list[AppendResult]:
-        """Append any events (``session.erased`` included), deduplicated per event kind."""
+        """Append any events (``session.erased`` and ``message.redacted`` included),
+        deduplicated per event kind."""
         limits = self.settings.limits
         for event in events:
             validate_event(event, limits)
@@ -151,8 +169,10 @@ class Producer:
         partition = partition_for(event.tenant_id, event.session_id, self.settings.partitions)
         if isinstance(event, MessageAppended):
             kind, ident = "msg", event.message.id
-        else:
+        elif isinstance(event, SessionErased):
             kind, ident = "erase", event.event_id
+        else:
+            kind, ident = "redact", event.event_id
         key = dedup_key(partition, kind, event.tenant_id, event.session_id, ident)
         return _Prepared(index, partition, key, encode(event))
 

@@ -4,8 +4,8 @@ Enrichment lives in ``amem:enriched:{N}``, one entry per log entry of partition 
 order, carrying the log entry verbatim plus its vector, token count and entities. Every
 projector that needs enrichment reads that stream through its own consumer group, so a
 message is embedded once however many stores hold vectors, and rebuilding a vector store
-replays the stream: it embeds nothing. Erasures are forwarded so downstream stores see them
-in order.
+replays the stream: it embeds nothing. Erasures and redactions are forwarded so downstream
+stores see them in order.
 """
 
 from __future__ import annotations
@@ -37,14 +37,14 @@ from schemas.constants import (
     enriched_key,
     erasures_key,
 )
-from schemas.events import MessageAppended, SessionErased
+from schemas.events import MessageAppended, MessageRedacted, SessionErased
 
 # XACK first: only the consumer whose XACK removes the entry from the pending list appends
 # it, so an entry claimed by two consumers at once is still enriched exactly once. An erase
-# is also recorded for the purge (schemas.constants.erasures_key), with its enriched id.
-# KEYS: log stream, enriched stream, counter, erasures. ARGV: group, entries, then per
-# entry: id, kind (m: message, e: erase), field count, field, value, ... (the envelope
-# first).
+# or redaction is also recorded for the purge (schemas.constants.erasures_key), with its
+# enriched id. KEYS: log stream, enriched stream, counter, erasures. ARGV: group, entries,
+# then per entry: id, kind (m: message, e: erase or redaction), field count, field, value,
+# ... (the envelope first).
 ENRICH_LUA = """
 local i = 3
 local added = 0
@@ -112,7 +112,8 @@ class Enricher(Projector):
             else:
                 entry = enriched_entry(record.raw, entry_id)
             fields = [x for pair in entry.items() for x in pair]
-            kind = "m" if is_message else "e" if isinstance(record.event, SessionErased) else ""
+            erases = isinstance(record.event, SessionErased | MessageRedacted)
+            kind = "m" if is_message else "e" if erases else ""
             args += [entry_id, kind, len(entry), *fields]
         partition = batch[0][1].partition
         keys = [

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import orjson
@@ -13,14 +14,19 @@ from schemas.codec import decode
 from schemas.constants import ENTRY_FIELD
 from schemas.digest import content_hash
 from schemas.errors import DecodeError
-from schemas.events import Event, MessageAppended, SessionErased
+from schemas.events import Event, MessageAppended, MessageRedacted, SessionErased
 from schemas.limits import DEFAULT_LIMITS, Limits
 
 SessionKey = tuple[str, str]
 """``(tenant_id, session_id)``."""
 
+MessageAddress = tuple[str, str, str]
+"""``(tenant_id, session_id, message_id)``: a message among every tenant's."""
+
 Digest = dict[SessionKey, dict[str, str]]
 """What ``verify`` compares: per session, message id → content hash."""
+
+K = TypeVar("K")
 
 # Fields of an enriched-stream entry beside ENTRY_FIELD (the log entry's JSON, verbatim).
 SOURCE_FIELD = "src"
@@ -59,24 +65,43 @@ class Record:
         return self.event
 
     @property
+    def address(self) -> MessageAddress:
+        """The message a message record holds, or a redaction record names."""
+        event = self.event
+        if isinstance(event, MessageAppended):
+            return (event.tenant_id, event.session_id, event.message.id)
+        assert isinstance(event, MessageRedacted), "a session erase names no message"
+        return (event.tenant_id, event.session_id, event.message_id)
+
+    @property
     def content_hash(self) -> str:
         return content_hash(self.message.message.content)
 
 
-def split(records: Sequence[Record]) -> tuple[list[Record], list[Record]]:
-    """Messages and erasures of a batch, each in log order."""
+def split(records: Sequence[Record]) -> tuple[list[Record], list[Record], list[Record]]:
+    """Messages, session erasures and redactions of a batch, each in log order."""
     messages = [r for r in records if isinstance(r.event, MessageAppended)]
     erasures = [r for r in records if isinstance(r.event, SessionErased)]
-    return messages, erasures
+    redactions = [r for r in records if isinstance(r.event, MessageRedacted)]
+    return messages, erasures, redactions
+
+
+def _furthest(records: Sequence[Record], key: Callable[[Record], K]) -> dict[K, Position]:
+    out: dict[K, Position] = {}
+    for record in records:
+        if record.position > out.get(key(record), Position(-1, -1)):
+            out[key(record)] = record.position
+    return out
 
 
 def latest_erasures(erasures: Sequence[Record]) -> dict[SessionKey, Position]:
     """The furthest erase position per session in a batch."""
-    out: dict[SessionKey, Position] = {}
-    for record in erasures:
-        if record.position > out.get(record.session, Position(-1, -1)):
-            out[record.session] = record.position
-    return out
+    return _furthest(erasures, lambda r: r.session)
+
+
+def latest_redactions(redactions: Sequence[Record]) -> dict[MessageAddress, Position]:
+    """The furthest redaction position per message in a batch."""
+    return _furthest(redactions, lambda r: r.address)
 
 
 def _field(fields: Mapping[bytes, bytes], name: str) -> bytes:

@@ -17,7 +17,15 @@ import numpy as np
 import numpy.typing as npt
 
 from projectors.position import Position
-from projectors.records import Digest, Record, SessionKey, latest_erasures, split
+from projectors.records import (
+    Digest,
+    MessageAddress,
+    Record,
+    SessionKey,
+    latest_erasures,
+    latest_redactions,
+    split,
+)
 from schemas.events import Message
 
 
@@ -46,7 +54,8 @@ class Projection(ABC):
 
     @abstractmethod
     async def apply(self, records: Sequence[Record]) -> None:
-        """Apply one batch (messages and erasures, log order) in as few round trips as possible."""
+        """Apply one batch (messages, erasures, redactions; log order) in as few round trips
+        as possible."""
 
     @abstractmethod
     async def digest(self, tenant_id: str | None = None) -> Digest:
@@ -71,20 +80,26 @@ class Projection(ABC):
 
 
 class TombstoneProjection(Projection):
-    """``apply`` for stores without multi-statement transactions, from four primitives.
+    """``apply`` for stores without multi-statement transactions, from seven primitives.
 
     An erase writes its tombstone (the session's erase position) before deleting; a message
     write re-reads the tombstones after writing. Whichever of two concurrent workers runs
     second therefore sees the other's write, so a message at or before an erase never
-    survives it, and messages appended after the erase do.
+    survives it, and messages appended after the erase do. A redaction does the same with
+    a tombstone of its own message (its position): the message's copies at or before it go,
+    the rest of the session stays.
     """
 
     async def apply(self, records: Sequence[Record]) -> None:
-        messages, erasures = split(records)
+        messages, erasures, redactions = split(records)
         if erasures:
             latest = latest_erasures(erasures)
             await self._write_tombstones(latest)
             await self._delete_upto(latest)
+        if redactions:
+            redacted = latest_redactions(redactions)
+            await self._write_redactions(redacted)
+            await self._delete_redacted(redacted)
         if messages:
             await self._upsert(messages)
             tombstones = await self._tombstones({m.session for m in messages})
@@ -95,6 +110,14 @@ class TombstoneProjection(Projection):
             }
             if covered:
                 await self._delete_upto(covered)
+            redacted = await self._redactions({m.address for m in messages})
+            gone = {
+                m.address: redacted[m.address]
+                for m in messages
+                if m.address in redacted and m.position <= redacted[m.address]
+            }
+            if gone:
+                await self._delete_redacted(gone)
 
     @abstractmethod
     async def _upsert(self, messages: Sequence[Record]) -> None:
@@ -111,6 +134,21 @@ class TombstoneProjection(Projection):
     @abstractmethod
     async def _delete_upto(self, erased: dict[SessionKey, Position]) -> None:
         """Delete each session's data at or before its position."""
+
+    @abstractmethod
+    async def _write_redactions(self, redacted: dict[MessageAddress, Position]) -> None:
+        """Record each message's redaction position, keeping the furthest."""
+
+    @abstractmethod
+    async def _redactions(
+        self, messages: Iterable[MessageAddress]
+    ) -> dict[MessageAddress, Position]:
+        """Redaction positions of the messages that have one."""
+
+    @abstractmethod
+    async def _delete_redacted(self, redacted: dict[MessageAddress, Position]) -> None:
+        """Delete each message where it sits at or before its position (and what only it
+        brought: a graph's entities)."""
 
 
 def participant(role: str, name: str | None) -> str:
@@ -267,6 +305,13 @@ class HistoryStore(Projection):
     async def erased_since(self, tenant_id: str, after: Position | None) -> dict[str, Position]:
         """Session → erase position, for the tenant's erases past ``after`` the store applied."""
 
+    @abstractmethod
+    async def redacted_since(
+        self, tenant_id: str, after: Position | None
+    ) -> dict[MessageKey, Position]:
+        """Message → redaction position, for the tenant's redactions past ``after`` the store
+        applied."""
+
 
 class VectorStore(Projection):
     """Port: nearest messages by embedding, the tenant and scope filter inside the store query."""
@@ -309,6 +354,13 @@ class VectorSource(ABC):
     @abstractmethod
     async def erased_since(self, tenant_id: str, after: Position | None) -> dict[str, Position]:
         """Session → erase position, for the tenant's erases past ``after`` the store applied."""
+
+    @abstractmethod
+    async def redacted_since(
+        self, tenant_id: str, after: Position | None
+    ) -> dict[MessageKey, Position]:
+        """Message → redaction position, for the tenant's redactions past ``after`` the store
+        applied."""
 
 
 class GraphStore(Projection):

@@ -5,13 +5,16 @@ A ``session.erased`` event is applied by every projector like any other event: e
 earlier entries in its log partition and enriched stream, dead letters of its entries, the
 producer's dedup keys naming its messages, the errors recorded for its pending entries,
 and the query logs that keep statements with their parameters (FalkorDB's
-``telemetry{<graph>}`` streams and ``GRAPH.SLOWLOG``, the server's ``SLOWLOG``).
+``telemetry{<graph>}`` streams and ``GRAPH.SLOWLOG``, the server's ``SLOWLOG``). A
+``message.redacted`` event is the same for one message: its earlier entries, their dead
+letters and errors, its dedup key; the redaction itself stays, naming only the id.
 
-The enricher records each erase it forwards in ``amem:erasures:{N}``. Once every consumer
-group of both streams has applied it, :func:`purge` removes all of the above and the
-record; :func:`rewrite_log_files` then has the server rewrite its append-only file, so its
-files no longer hold the text either. Workers purge what is ready on each retention round;
-``amem erase --wait`` and ``DELETE …?wait=true`` do it at once (:func:`wait_and_purge`).
+The enricher records each erase and redaction it forwards in ``amem:erasures:{N}``. Once
+every consumer group of both streams has applied it, :func:`purge` removes all of the above
+and the record; :func:`rewrite_log_files` then has the server rewrite its append-only file,
+so its files no longer hold the text either. Workers purge what is ready on each retention
+round; ``amem erase --wait`` and ``DELETE …?wait=true`` do it at once
+(:func:`wait_and_purge`).
 """
 
 from __future__ import annotations
@@ -41,6 +44,7 @@ from schemas.constants import (
     group_name,
     log_key,
 )
+from schemas.events import MessageRedacted
 
 DELETE_CHUNK = 1_000
 """Ids per XDEL."""
@@ -49,15 +53,39 @@ _log = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Erasure:
-    """One ``session.erased`` event: what it covers and where it sits in both streams."""
+    """One ``session.erased`` or ``message.redacted`` event: what it covers and where it
+    sits in both streams."""
 
     tenant_id: str
     session_id: str
     partition: int
     position: Position
-    """The erase's id in its log partition; the session's entries before it go."""
+    """The event's id in its log partition; the entries it covers before it go."""
     enriched_id: Position | None = None
     """Its id in the enriched stream (None: not forwarded yet, or not known)."""
+    message_id: str | None = None
+    """The redacted message; None: the whole session is erased."""
+
+    @property
+    def name(self) -> str:
+        """``tenant/session``, or ``tenant/session#message`` for a redaction (``#`` is not
+        in the id alphabet)."""
+        session = f"{self.tenant_id}/{self.session_id}"
+        return session if self.message_id is None else f"{session}#{self.message_id}"
+
+    def covers(self, envelope: bytes | None) -> bool:
+        """Whether a stream entry's envelope (valid or not) is of what this erases: any
+        entry of the session, or for a redaction one naming the message as its ``id``."""
+        doc = _document(envelope)
+        if doc is None or (doc.get("tenant_id"), doc.get("session_id")) != (
+            self.tenant_id,
+            self.session_id,
+        ):
+            return False
+        if self.message_id is None:
+            return True
+        payload = doc.get("payload")
+        return isinstance(payload, dict) and payload.get("id") == self.message_id
 
 
 @dataclass(kw_only=True, slots=True)
@@ -92,6 +120,7 @@ async def recorded(redis: aioredis.Redis, partitions: int) -> list[Erasure]:
                     partition=n,
                     position=Position.parse(entry_id),
                     enriched_id=Position.parse(enriched),
+                    message_id=redacted_message(envelope),
                 )
             )
     return out
@@ -125,7 +154,8 @@ async def _applied(redis: aioredis.Redis, key: str, group: dict[str, object], at
 
 
 async def purge(redis: aioredis.Redis, erasure: Erasure, *, delete: bool = True) -> Residue:
-    """Remove (``delete=False``: count) what the log server holds of the erased session."""
+    """Remove (``delete=False``: count) what the log server holds of the erased session or
+    redacted message."""
     found = Residue()
     n = erasure.partition
     log_ids = await _session_entries(redis, log_key(n), erasure, enriched=False)
@@ -150,11 +180,14 @@ async def purge(redis: aioredis.Redis, erasure: Erasure, *, delete: bool = True)
             found.add("recorded errors", len(stale))
             if delete and stale:
                 await redis.hdel(errors, *stale)
-    pattern = _escape_glob(
-        dedup_key(n, "msg", erasure.tenant_id, erasure.session_id, "\0")
-    ).replace("\0", "*")
-    named = [k async for k in redis.scan_iter(match=pattern, count=10_000)]
-    # Each key holds its entry's id: keys of the session's messages since the erase stay.
+    if erasure.message_id is None:
+        pattern = _escape_glob(
+            dedup_key(n, "msg", erasure.tenant_id, erasure.session_id, "\0")
+        ).replace("\0", "*")
+        named = [k async for k in redis.scan_iter(match=pattern, count=10_000)]
+    else:
+        named = [dedup_key(n, "msg", erasure.tenant_id, erasure.session_id, erasure.message_id)]
+    # Each key holds its entry's id: keys of messages appended since the erase stay.
     values = cast(list[bytes | None], await redis.mget(named)) if named else []
     dedup = [
         k for k, v in zip(named, values, strict=True) if v and Position.parse(v) < erasure.position
@@ -248,7 +281,7 @@ async def wait_and_purge(
 
 
 def _name(erasure: Erasure) -> str:
-    return f"{erasure.tenant_id}/{erasure.session_id}@{erasure.position}"
+    return f"{erasure.name}@{erasure.position}"
 
 
 async def _forwarded(redis: aioredis.Redis, erasure: Erasure) -> bool:
@@ -263,17 +296,14 @@ async def _forwarded(redis: aioredis.Redis, erasure: Erasure) -> bool:
 async def _session_entries(
     redis: aioredis.Redis, key: str, erasure: Erasure, *, enriched: bool
 ) -> list[bytes]:
-    """Ids of the session's entries before the erase (by their log position)."""
+    """Ids of the entries the erase covers before it (by their log position)."""
     out: list[bytes] = []
     async for page in pages(redis, key):
         for entry_id, fields in page:
             at = Position.parse(fields[SOURCE_FIELD.encode()] if enriched else entry_id)
             if at >= erasure.position:
                 return out
-            if session_of(fields.get(ENTRY_FIELD.encode())) == (
-                erasure.tenant_id,
-                erasure.session_id,
-            ):
+            if erasure.covers(fields.get(ENTRY_FIELD.encode())):
                 out.append(entry_id)
     return out
 
@@ -281,15 +311,16 @@ async def _session_entries(
 async def _dead_letters(
     redis: aioredis.Redis, dlq: bytes, erasure: Erasure, gone: dict[str, set[bytes]]
 ) -> list[bytes]:
-    """Dead letters of the session's entries from before the erase."""
+    """Dead letters of the entries the erase covers from before it."""
     out: list[bytes] = []
     before = {log_key(erasure.partition), enriched_key(erasure.partition)}
     async for page in pages(redis, dlq.decode()):
         for letter_id, fields in page:
             stream = fields.get(b"stream", b"").decode()
             entry = fields.get(b"entry_id", b"")
-            session = session_of(fields.get(ENTRY_PREFIX + ENTRY_FIELD.encode()))
-            if stream not in before or session != (erasure.tenant_id, erasure.session_id):
+            if stream not in before or not erasure.covers(
+                fields.get(ENTRY_PREFIX + ENTRY_FIELD.encode())
+            ):
                 continue
             source = fields.get(ENTRY_PREFIX + SOURCE_FIELD.encode(), entry)
             if entry in gone[stream] or Position.parse(source) < erasure.position:
@@ -299,8 +330,9 @@ async def _dead_letters(
 
 async def _query_logs(redis: aioredis.Redis, erasure: Erasure, *, delete: bool) -> int:
     """Entries of the server's logs of statements with their parameters that name the
-    session; a purge clears these logs whole (they keep no entry worth an erased text)."""
-    needle = orjson.dumps(erasure.session_id)
+    session (or the redacted message); a purge clears these logs whole (they keep no entry
+    worth an erased text)."""
+    needle = orjson.dumps(erasure.message_id or erasure.session_id)
     held = 0
     async for key in redis.scan_iter(match="telemetry{*}", _type="stream"):
         async for page in pages(redis, key.decode()):
@@ -319,22 +351,36 @@ async def _query_logs(redis: aioredis.Redis, erasure: Erasure, *, delete: bool) 
     return held
 
 
-def session_of(envelope: bytes | None) -> tuple[str | None, str | None]:
-    """Tenant and session an envelope names, even one that fails validation (a poison
-    entry still names them when its JSON does)."""
+def _document(envelope: bytes | None) -> dict[str, object] | None:
+    """An envelope's JSON object, even one that fails validation; None if it is none."""
     if not envelope:
-        return None, None
+        return None
     try:
         doc = orjson.loads(envelope)
     except orjson.JSONDecodeError:
-        return None, None
-    if not isinstance(doc, dict):
-        return None, None
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
+def session_of(envelope: bytes | None) -> tuple[str | None, str | None]:
+    """Tenant and session an envelope names, even one that fails validation (a poison
+    entry still names them when its JSON does)."""
+    doc = _document(envelope) or {}
     tenant, session = doc.get("tenant_id"), doc.get("session_id")
     return (
         tenant if isinstance(tenant, str) else None,
         session if isinstance(session, str) else None,
     )
+
+
+def redacted_message(envelope: bytes | None) -> str | None:
+    """The message a ``message.redacted`` envelope names; None for any other envelope."""
+    doc = _document(envelope) or {}
+    payload = doc.get("payload")
+    if doc.get("type") != MessageRedacted.TYPE or not isinstance(payload, dict):
+        return None
+    message = payload.get("message_id")
+    return message if isinstance(message, str) else None
 
 
 def _escape_glob(text: str) -> str:

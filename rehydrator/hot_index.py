@@ -16,7 +16,8 @@ scope it serves, a copy of what those two stores hold of the scope, and answers 
 projector's watermark on the scope's partitions (it does anyway, for read-your-writes);
 a copy records the watermarks it was built at, and everything at or before a watermark was
 applied (hence in the store) before that watermark was read. When a watermark has moved,
-the rows past the lowest recorded one and the erases past it are read from the store
+the rows past the lowest recorded one and the erases and redactions past it are read from
+the store
 before the copy answers (a few rows, under live traffic); when one went backwards (a
 rebuild), the copy is dropped and loaded again. Rows the store applied past a watermark
 (a batch not yet acknowledged) may be in the copy early: the store would return them too.
@@ -166,6 +167,18 @@ class _Turns:
         for session, upto in erased.items():
             bound = (upto.ms, upto.seq)
             self._kill([e[2] for e in self.order.get(session, []) if e[:2] <= bound])
+
+    def redact(self, redacted: Mapping[MessageKey, Position]) -> None:
+        alive = self.alive.view
+        self._kill(
+            [
+                row
+                for key, upto in redacted.items()
+                if (row := self.row.get(key)) is not None
+                and alive[row]
+                and self.turns[row].position <= upto
+            ]
+        )
 
     def _kill(self, rows: Sequence[int]) -> None:
         gone = set(rows)
@@ -322,6 +335,12 @@ class _Vectors:
                 if self.alive[row] and self.positions[row] <= upto:
                     self._kill(row)
 
+    def redact(self, redacted: Mapping[MessageKey, Position]) -> None:
+        for key, upto in redacted.items():
+            row = self.row.get(key)
+            if row is not None and self.alive[row] and self.positions[row] <= upto:
+                self._kill(row)
+
     def _kill(self, row: int) -> None:
         self.alive[row] = False
         self.live -= 1
@@ -404,11 +423,13 @@ class Stale(Exception):
 
 
 class _Part(Protocol):
-    """One store's side of a copy: what a feed's rows and erases are applied to."""
+    """One store's side of a copy: what a feed's rows, erases and redactions are applied to."""
 
     def add(self, rows: Any) -> None: ...
 
     def erase(self, erased: Mapping[str, Position]) -> None: ...
+
+    def redact(self, redacted: Mapping[MessageKey, Position]) -> None: ...
 
     def needs_compaction(self) -> bool: ...
 
@@ -421,6 +442,7 @@ class _Feed:
     rows: Callable[[str, Scope, Position | None], Awaitable[Any]]
     """The scope's rows past a position (None: all of them)."""
     erased_since: Callable[[str, Position | None], Awaitable[dict[str, Position]]]
+    redacted_since: Callable[[str, Position | None], Awaitable[dict[MessageKey, Position]]]
     part: Callable[[HotIndex], _Part]
     """The part of a copy this feed keeps."""
 
@@ -458,6 +480,7 @@ class HotIndexes:
                 history.store,
                 lambda tenant, scope, after: history.scan(tenant, scope=scope, after=after),
                 history.erased_since,
+                history.redacted_since,
                 lambda copy: copy.turns,
             )
         ]
@@ -467,6 +490,7 @@ class HotIndexes:
                     vectors.store,
                     lambda tenant, scope, after: vectors.vectors(tenant, scope=scope, after=after),
                     vectors.erased_since,
+                    vectors.redacted_since,
                     lambda copy: copy.vectors,
                 )
             )
@@ -574,8 +598,10 @@ class HotIndexes:
             part = feed.part(copy)
             rows = await feed.rows(copy.tenant_id, copy.scope, after)
             erased = await feed.erased_since(copy.tenant_id, after)
+            redacted = await feed.redacted_since(copy.tenant_id, after)
             part.add(rows)
             part.erase(erased)
+            part.redact(redacted)
             if part.needs_compaction():
                 raise Stale(feed.projector)
             copy.marks[feed.projector] = dict(now)

@@ -225,11 +225,12 @@ class HistoryOut(BaseModel):
 
 class EraseOut(BaseModel):
     session_id: str
+    message_id: str | None = Field(default=None, description="The redacted message.")
     partition: int
-    position: str = Field(description="Stream id of the session.erased event.")
+    position: str = Field(description="Stream id of the session.erased (message.redacted) event.")
     status: Literal["accepted", "done"] = Field(
-        description="accepted (202): the erase is in the log; done (200, with ?wait=true): "
-        "every projector applied it and the log server was purged."
+        description="accepted (202): the erase (redaction) is in the log; done (200, with "
+        "?wait=true): every projector applied it and the log server was purged."
     )
     detail: str
     purged: dict[str, int] | None = Field(
@@ -243,7 +244,7 @@ class EraseOut(BaseModel):
 class EraseLeftOut(BaseModel):
     error: str
     left: dict[str, list[str]] = Field(
-        description="Per erase, the consumer groups that had not applied it in time."
+        description="Per erase or redaction, the consumer groups that had not applied it in time."
     )
 
 

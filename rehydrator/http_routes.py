@@ -60,6 +60,15 @@ ERASE_DETAIL = (
     "the erase is in the log: reads through this API stop returning the session's earlier"
     " messages at once; projectors delete them from each store asynchronously"
 )
+REDACT_TIMEOUT = "the redaction is in the log but not applied everywhere in time; it goes on"
+REDACT_DONE = (
+    "every projector applied the redaction, and the message's entries, dead letters and dedup"
+    " key left the log server"
+)
+REDACT_DETAIL = (
+    "the redaction is in the log: reads through this API stop returning the message at once;"
+    " projectors delete it from each store asynchronously"
+)
 
 SESSION = f"/sessions/{{session_id:{CONVERTOR}}}"
 """A session's path: its id one segment, "/" sent as %2F (:mod:`rehydrator.http_paths`)."""
@@ -82,6 +91,20 @@ SessionId = Annotated[
         max_length=DEFAULT_LIMITS.max_id_chars,
         pattern=ID_REGEX,
         description=f"{ID_RULE}; a '/' is sent percent-encoded, as %2F.",
+    ),
+]
+MessageId = SessionId
+"""A message id in a path: the same rule as a session id."""
+Reason = Annotated[
+    str | None,
+    Query(max_length=1024, description="Why; kept in the log with the erase (redaction)."),
+]
+Wait = Annotated[
+    bool,
+    Query(
+        description="Return once every projector applied the erase (redaction) and the log "
+        "server is purged (at most AMEM_ERASE_WAIT_S, 30 s by default; then 504 naming what "
+        "is left)."
     ),
 ]
 _ERROR_TEXT = {
@@ -293,17 +316,8 @@ async def erase(
     session_id: SessionId,
     tenant_id: Tenant,
     services: Services,
-    reason: Annotated[
-        str | None, Query(max_length=1024, description="Why; kept in the log with the erase.")
-    ] = None,
-    wait: Annotated[
-        bool,
-        Query(
-            description="Return once every projector applied the erase and the log server "
-            "is purged (at most AMEM_ERASE_WAIT_S, 30 s by default; then 504 naming what is "
-            "left)."
-        ),
-    ] = False,
+    reason: Reason = None,
+    wait: Wait = False,
 ) -> Response:
     """Erase the session's messages so far; later appends start it afresh.
 
@@ -313,36 +327,93 @@ async def erase(
     (result,) = await services.producer.append_events(
         [SessionErased(tenant_id=tenant_id, session_id=session_id, reason=reason)]
     )
-    out = EraseOut(
-        session_id=session_id,
-        partition=result.partition,
-        position=result.stream_id,
-        status="accepted",
-        detail=ERASE_DETAIL,
-    )
-    if not wait:
-        return _json(out.model_dump(exclude_none=True), 202)
     erasure = Erasure(
         tenant_id=tenant_id,
         session_id=session_id,
         partition=result.partition,
         position=Position.parse(result.stream_id),
     )
+    texts = (ERASE_DETAIL, ERASE_DONE, ERASE_TIMEOUT)
+    return await _erased(request, services, erasure, texts, wait=wait)
+
+
+@v1.delete(
+    f"{SESSION}/messages/{{message_id:{CONVERTOR}}}",
+    status_code=202,
+    response_model=EraseOut,
+    response_model_exclude_none=True,
+    summary="Redact a message",
+    operation_id="redactMessage",
+    responses={
+        200: {"model": EraseOut, "description": "With ?wait=true: redacted everywhere."},
+        **_errors(401, 422, 503),
+        504: {"model": EraseLeftOut, "description": REDACT_TIMEOUT},
+    },
+)
+async def redact(
+    request: Request,
+    session_id: SessionId,
+    message_id: MessageId,
+    tenant_id: Tenant,
+    services: Services,
+    reason: Reason = None,
+    wait: Wait = False,
+) -> Response:
+    """Forget one message of the session and keep the rest; the log keeps only a
+    ``message.redacted`` event naming its id.
+
+    Accepted means the redaction is in the log: reads through this API hide the message at
+    once, and each projector deletes it from its store asynchronously.
+    """
+    result = await services.producer.redact(tenant_id, session_id, message_id, reason=reason)
+    erasure = Erasure(
+        tenant_id=tenant_id,
+        session_id=session_id,
+        partition=result.partition,
+        position=Position.parse(result.stream_id),
+        message_id=message_id,
+    )
+    texts = (REDACT_DETAIL, REDACT_DONE, REDACT_TIMEOUT)
+    return await _erased(request, services, erasure, texts, wait=wait)
+
+
+async def _erased(
+    request: Request,
+    services: Opened,
+    erasure: Erasure,
+    texts: tuple[str, str, str],
+    *,
+    wait: bool,
+) -> Response:
+    """The answer to an erase or redaction just appended: 202 at once, or with ``wait``
+    200 once purged everywhere, 504 naming what is left. ``texts``: the detail when
+    accepted, when done, and the error after the time ran out."""
+    accepted, finished, timeout = texts
+    out = EraseOut(
+        session_id=erasure.session_id,
+        message_id=erasure.message_id,
+        partition=erasure.partition,
+        position=str(erasure.position),
+        status="accepted",
+        detail=accepted,
+    )
+    if not wait:
+        return _json(out.model_dump(exclude_none=True), 202)
     rehydrator = services.rehydrator
     purged, left, log_files = await wait_and_purge(
         rehydrator.redis, [erasure], rehydrator.partitions, timeout_s=_state(request).erase_wait_s
     )
     if left:
-        return _json(EraseLeftOut(error=ERASE_TIMEOUT, left=left).model_dump(), 504)
+        return _json(EraseLeftOut(error=timeout, left=left).model_dump(), 504)
     done = out.model_copy(
         update={
             "status": "done",
-            "detail": ERASE_DONE,
+            "detail": finished,
             "purged": purged.places,
             "log_files": log_files,
         }
     )
-    return _json(done.model_dump(), 200)
+    return _json(done.model_dump(exclude_none=True), 200)
 
 
 @v1.get(

@@ -23,10 +23,10 @@ import redis.asyncio as aioredis
 
 from projectors.position import Position
 from projectors.records import SOURCE_FIELD, record_from_log
-from projectors.store import Scope, StoredMessage
+from projectors.store import MessageKey, Scope, StoredMessage
 from schemas.constants import ENTRY_FIELD, enriched_key, group_name, log_key
 from schemas.errors import AmemError
-from schemas.events import MessageAppended, SessionErased
+from schemas.events import MessageAppended, MessageRedacted, SessionErased
 
 PAGE = 512
 _MAX_SEQ = 2**64 - 1
@@ -47,19 +47,32 @@ class ScopeLog:
     """A scope's entries found by one scan of its partitions."""
 
     messages: list[StoredMessage] = field(default_factory=list)
-    """Log order within each partition; none at or before its session's erase."""
+    """Log order within each partition; none at or before its session's erase or its own
+    redaction."""
     erased: dict[str, Position] = field(default_factory=dict)
     """Session → its latest erase in the scanned range: anything at or before it is gone."""
+    redacted: dict[MessageKey, Position] = field(default_factory=dict)
+    """Message → its latest redaction in the scanned range: its copies at or before it are
+    gone."""
     truncated: bool = False
     """The scan stopped at its entry limit before the end of the range."""
 
     def erased_at(self, session_id: str) -> Position | None:
         return self.erased.get(session_id)
 
-    def hides(self, session_id: str, position: Position) -> bool:
-        """Whether an erase in the scanned range covers a message of ``session_id`` there."""
-        erased = self.erased.get(session_id)
-        return erased is not None and position <= erased
+    def hides(self, key: MessageKey, position: Position) -> bool:
+        """Whether an erase or redaction in the scanned range covers this message at
+        ``position``."""
+        erased = self.erased.get(key[0])
+        redacted = self.redacted.get(key)
+        return (erased is not None and position <= erased) or (
+            redacted is not None and position <= redacted
+        )
+
+    def hides_hit(self, key: MessageKey) -> bool:
+        """Whether a store's hit (which carries no position) is erased or redacted here:
+        whatever a store projected of it before the log tail is at or before the event."""
+        return key[0] in self.erased or key in self.redacted
 
 
 Marks = dict[str, Position | None]
@@ -161,8 +174,8 @@ async def watermarks(
 class _Scan:
     """Filters a partition's entries down to a scope's (cheap byte test first).
 
-    Keeps the scope's messages and every erase of the tenant: an erase event names no user,
-    and a user scope must see the erase of any of its sessions.
+    Keeps the scope's messages and every erase and redaction of the tenant: those events
+    name no user, and a user scope must see them for any of its sessions.
     """
 
     def __init__(self, tenant_id: str, scope: Scope, found: ScopeLog) -> None:
@@ -188,6 +201,11 @@ class _Scan:
             erased = self.found.erased.get(event.session_id)
             if erased is None or record.position > erased:
                 self.found.erased[event.session_id] = record.position
+        elif isinstance(event, MessageRedacted):
+            key = (event.session_id, event.message_id)
+            redacted = self.found.redacted.get(key)
+            if redacted is None or record.position > redacted:
+                self.found.redacted[key] = record.position
         elif isinstance(event, MessageAppended):
             message = event.message
             if self.scope.holds(message.session_id, message.user_id):
@@ -198,7 +216,9 @@ class _Scan:
     def done(self) -> ScopeLog:
         found = self.found
         found.messages = [
-            m for m in found.messages if not found.hides(m.message.session_id, m.position)
+            m
+            for m in found.messages
+            if not found.hides((m.message.session_id, m.message.id), m.position)
         ]
         return found
 

@@ -256,14 +256,17 @@ class Rehydrator:
             if view.tail.truncated:
                 call.annotate("log", f"tail cut at {self.settings.log_tail_entries} entries")
         erased = view.tail if view is not None else log_tail.ScopeLog()
-        recent = [m for m in recent_read.result() if not erased.hides(session_id, m.position)]
-        dense_hits = [h for h in dense_read.result() if not _hidden(h, erased)]
-        lexical_hits = [h for h in lexical_read.result() if not _hidden(h, erased)]
+        recent = [
+            m
+            for m in recent_read.result()
+            if not erased.hides((session_id, m.message.id), m.position)
+        ]
+        dense_hits = [h for h in dense_read.result() if not erased.hides_hit(h.key)]
+        lexical_hits = [h for h in lexical_read.result() if not erased.hides_hit(h.key)]
         windows = windows_read.result()
-        if erased.erased:
+        if erased.erased or erased.redacted:
             windows = {
-                k: [t for t in w if not erased.hides(t.session_id, t.position)]
-                for k, w in windows.items()
+                k: [t for t in w if not erased.hides(t.key, t.position)] for k, w in windows.items()
             }
         pool.add(tail, "log")
         pool.add(recent, "recent")
@@ -380,7 +383,11 @@ class Rehydrator:
                 + "; ".join(f"{r.tier}: {r.detail}" for r in call.reports if r.status != "ok")
             )
         tail = view.tail if view is not None else log_tail.ScopeLog()
-        merged = {m.message.id: m for m in recent if not tail.hides(session_id, m.position)}
+        merged = {
+            m.message.id: m
+            for m in recent
+            if not tail.hides((session_id, m.message.id), m.position)
+        }
         for m in tail.messages:
             merged.setdefault(m.message.id, m)
         return sorted(merged.values(), key=lambda m: m.position)[-limit:]
@@ -717,13 +724,6 @@ def _memory_report(
 def _tail_of(log_read: asyncio.Future[log_tail.LogView | None]) -> list[StoredMessage]:
     view = log_read.result() if log_read.done() else None
     return view.tail.messages if view is not None else []
-
-
-def _hidden(hit: Hit, erased: log_tail.ScopeLog) -> bool:
-    """A hit of a session erased in the log tail: hidden whatever its position (a store hit
-    carries none; the session's messages projected before the erase are all at or before
-    it)."""
-    return hit.session_id in erased.erased
 
 
 def _latest_user(messages: Sequence[StoredMessage]) -> str | None:

@@ -1,7 +1,8 @@
 """``verify``: prove each projection equals the function of the log it claims to be.
 
 The log side replays every partition: per session, each valid message (the first position
-of its id wins), minus everything at or before the session's last erase. Entries that fail
+of its id wins), minus everything at or before the session's last erase and each message
+at or before its last redaction. Entries that fail
 validation are not messages; they are in the dead-letter streams. Each projection's digest
 (message id → content hash per session) must equal that exactly.
 """
@@ -14,13 +15,20 @@ from dataclasses import dataclass, field
 import redis.asyncio as aioredis
 
 from projectors.position import Position
-from projectors.records import Digest, Record, SessionKey, record_from_enriched, record_from_log
+from projectors.records import (
+    Digest,
+    MessageAddress,
+    Record,
+    SessionKey,
+    record_from_enriched,
+    record_from_log,
+)
 from projectors.stores.archive import PostgresArchiveStore
 from projectors.streams import pages
 from schemas.constants import enriched_key, log_key
 from schemas.digest import content_hash
 from schemas.errors import ValidationError
-from schemas.events import MessageAppended
+from schemas.events import MessageAppended, MessageRedacted
 from schemas.limits import DEFAULT_LIMITS, Limits
 
 CHUNK = 2_000
@@ -81,6 +89,7 @@ class _Replay:
         self.tenant_id = tenant_id
         self.first: dict[SessionKey, dict[str, tuple[Position, str]]] = {}
         self.erased: dict[SessionKey, Position] = {}
+        self.redacted: dict[MessageAddress, Position] = {}
 
     def add(self, record: Record) -> None:
         if self.tenant_id is not None and record.event.tenant_id != self.tenant_id:
@@ -90,14 +99,22 @@ class _Replay:
             ident = record.event.message.id
             if ident not in messages or record.position < messages[ident][0]:
                 messages[ident] = (record.position, content_hash(record.event.message.content))
+        elif isinstance(record.event, MessageRedacted):
+            if record.position > self.redacted.get(record.address, Position(-1, -1)):
+                self.redacted[record.address] = record.position
         elif record.position > self.erased.get(record.session, Position(-1, -1)):
             self.erased[record.session] = record.position
 
     def digest(self) -> Digest:
         out: Digest = {}
+        never = Position(-1, -1)
         for session, messages in self.first.items():
-            erased = self.erased.get(session, Position(-1, -1))
-            kept = {i: h for i, (pos, h) in messages.items() if pos > erased}
+            erased = self.erased.get(session, never)
+            kept = {
+                i: h
+                for i, (pos, h) in messages.items()
+                if pos > erased and pos > self.redacted.get((*session, i), never)
+            }
             if kept:
                 out[session] = kept
         return out

@@ -9,14 +9,15 @@ from typing import Any
 import orjson
 
 from schemas.errors import DecodeError, ValidationError
-from schemas.events import Event, Message, MessageAppended, SessionErased
+from schemas.events import Event, Message, MessageAppended, MessageRedacted, SessionErased
 from schemas.limits import DEFAULT_LIMITS, Limits
 from schemas.validation import validate_event
 
 _OPTIONAL_MESSAGE_FIELDS = ("parent_id", "agent_id", "name", "user_id")
-_EVENT_TYPES: dict[str, type[MessageAppended] | type[SessionErased]] = {
+_EVENT_TYPES: dict[str, type[MessageAppended] | type[SessionErased] | type[MessageRedacted]] = {
     MessageAppended.TYPE: MessageAppended,
     SessionErased.TYPE: SessionErased,
+    MessageRedacted.TYPE: MessageRedacted,
 }
 
 
@@ -42,7 +43,9 @@ def to_json_dict(event: Event) -> dict[str, Any]:
         if message.metadata:
             payload["metadata"] = message.metadata
     else:
-        payload = {} if event.reason is None else {"reason": event.reason}
+        payload = {"message_id": event.message_id} if isinstance(event, MessageRedacted) else {}
+        if event.reason is not None:
+            payload["reason"] = event.reason
     envelope["payload"] = payload
     return envelope
 
@@ -118,6 +121,14 @@ def from_json_dict(envelope: object, limits: Limits = DEFAULT_LIMITS) -> Event:
             metadata=_optional(payload, "metadata", dict, p) or {},
         )
         event = MessageAppended(message=message, **common)
+    elif cls is MessageRedacted:
+        event = MessageRedacted(
+            tenant_id=tenant_id,
+            session_id=session_id,
+            message_id=_field(payload, "message_id", str, "payload."),
+            reason=_optional(payload, "reason", str, "payload."),
+            **common,
+        )
     else:
         reason = _optional(payload, "reason", str, "payload.")
         event = SessionErased(tenant_id=tenant_id, session_id=session_id, reason=reason, **common)

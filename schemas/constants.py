@@ -29,7 +29,8 @@ def log_key(partition: int) -> str:
 def dedup_key(partition: int, kind: str, tenant_id: str, session_id: str, ident: str) -> str:
     """Producer dedup key of one event; same hash tag as its partition's stream.
 
-    ``kind`` is ``msg`` (``ident`` = message id) or ``erase`` (``ident`` = event id).
+    ``kind`` is ``msg`` (``ident`` = message id), ``erase`` or ``redact`` (``ident`` = event
+    id: every erase and redaction is appended, however many name the same session or message).
     """
     joined = DEDUP_SEPARATOR.join((kind, tenant_id, session_id, ident))
     return f"{KEY_PREFIX}:dedup:{{{partition}}}:{joined}"
@@ -69,11 +70,11 @@ def errors_key(projector: str) -> str:
 
 
 def erasures_key(partition: int) -> str:
-    """Hash of partition ``N``'s erase events whose session is still to be purged from the
-    log server: log entry id → ``<enriched entry id> <envelope>``.
+    """Hash of partition ``N``'s erase and redaction events whose session (or message) is
+    still to be purged from the log server: log entry id → ``<enriched entry id> <envelope>``.
 
-    The enricher adds each erase as it forwards it (same script, same slot); the purge
-    removes it once every group has applied it and nothing of the session is left.
+    The enricher adds each one as it forwards it (same script, same slot); the purge
+    removes it once every group has applied it and nothing it covers is left.
     """
     return f"{KEY_PREFIX}:erasures:{{{partition}}}"
 

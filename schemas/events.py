@@ -91,6 +91,8 @@ class MessageAppended:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionErased:
+    """Forget a session: every message of it at or before this event's log position."""
+
     TYPE: ClassVar[str] = "session.erased"
     VERSIONS: ClassVar[tuple[int, ...]] = (1,)
 
@@ -105,4 +107,24 @@ class SessionErased:
         return 1
 
 
-Event = MessageAppended | SessionErased
+@dataclass(frozen=True, kw_only=True, slots=True)
+class MessageRedacted:
+    """Forget one message of a session, keep the rest: its copies at or before this event's
+    log position. The event names only the message's id, so the log may keep it."""
+
+    TYPE: ClassVar[str] = "message.redacted"
+    VERSIONS: ClassVar[tuple[int, ...]] = (1,)
+
+    tenant_id: str
+    session_id: str
+    message_id: str
+    reason: str | None = None
+    event_id: str = field(default_factory=new_id)
+    produced_at: datetime = field(default_factory=utc_now)
+
+    @property
+    def version(self) -> int:
+        return 1
+
+
+Event = MessageAppended | SessionErased | MessageRedacted

@@ -10,7 +10,7 @@ from datetime import datetime
 import orjson
 
 from schemas.errors import ValidationError
-from schemas.events import ROLES, Event, Message, MessageAppended
+from schemas.events import ROLES, Event, Message, MessageAppended, MessageRedacted
 from schemas.limits import DEFAULT_LIMITS, ID_ALPHABET, ID_PATTERN, Limits
 
 
@@ -138,6 +138,8 @@ def validate_event(event: Event, limits: Limits = DEFAULT_LIMITS) -> Event:
     else:
         validate_id("tenant_id", event.tenant_id, limits)
         validate_id("session_id", event.session_id, limits)
+        if isinstance(event, MessageRedacted):
+            validate_id("message_id", event.message_id, limits)
         if event.reason is not None:
             validate_content(event.reason, limits, field="reason")
     return event

@@ -224,7 +224,8 @@ def verify(
         bool,
         typer.Option(
             "--erased",
-            help="Also prove the log server holds nothing of erased sessions, place by place.",
+            help="Also prove the log server holds nothing of erased sessions and redacted"
+            " messages, place by place.",
         ),
     ] = False,
     json: JsonFlag = False,
@@ -232,14 +233,15 @@ def verify(
     """Prove each projection equals the log (ids, count, content hash per session).
 
     Exits 1 naming every difference, or a projection that could not be read. With
-    --erased, erased sessions are also looked for in the log and enriched streams, the
-    dead letters, the dedup keys and the server's query logs.
+    --erased, erased sessions and redacted messages are also looked for in the log and
+    enriched streams, the dead letters, the dedup keys and the server's query logs.
     """
     settings = Settings.from_env()
     names = list(select(settings, projector))
     verdicts, invalid = verify_now(settings, names, tenant)
     residue = asyncio.run(erased_residue(settings, tenant)) if erased else {}
-    left = {name: r.places for name, r in residue.items() if r.total}
+    left = {e.name: r.places for e, r in residue.items() if r.total}
+    redacted = sum(e.message_id is not None for e in residue)
     ok = all(v.ok for v in verdicts) and not left
     if json:
         print_json(
@@ -247,7 +249,17 @@ def verify(
                 "ok": ok,
                 "invalid_log_entries": invalid,
                 "projections": [v.as_json() for v in verdicts],
-                **({"erased": {"sessions": len(residue), "residue": left}} if erased else {}),
+                **(
+                    {
+                        "erased": {
+                            "sessions": len(residue) - redacted,
+                            "messages": redacted,
+                            "residue": left,
+                        }
+                    }
+                    if erased
+                    else {}
+                ),
             }
         )
     else:
@@ -263,7 +275,8 @@ def verify(
                 err.print(f"{v.projection}: {d}", highlight=False)
         if erased:
             out.print(
-                f"erased sessions: {len(residue)}, with residue on the log server: {len(left)}"
+                f"erased sessions: {len(residue) - redacted}, redacted messages: {redacted},"
+                f" with residue on the log server: {len(left)}"
             )
             for name, places in left.items():
                 err.print(f"{name}: still in {places}", highlight=False)

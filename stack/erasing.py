@@ -1,7 +1,8 @@
 """Erase from the command line and the HTTP API: append the erase events, optionally wait.
 
-``erase_sessions`` appends one ``session.erased`` per session; with a timeout it then waits
-until every group has applied each one and purges the log server (rehydrator.erase).
+``erase_sessions`` appends one ``session.erased`` per session, ``redact_message`` one
+``message.redacted``; with a timeout each then waits until every group has applied the
+events and purges the log server (rehydrator.erase).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from projectors.stores.archive import PostgresArchiveStore
 from projectors.streams import pages
 from rehydrator.erase import Erasure, Residue, session_of, wait_and_purge
 from schemas.constants import ARCHIVE, ENTRY_FIELD, log_key
-from schemas.events import SessionErased
+from schemas.events import MessageRedacted, SessionErased
 from stack.projections import build_store
 from stack.settings import Settings
 
@@ -41,7 +42,12 @@ class EraseReport:
         return {
             "tenant_id": self.tenant_id,
             "erased": [
-                {"session_id": e.session_id, "partition": e.partition, "position": str(e.position)}
+                {
+                    "session_id": e.session_id,
+                    **({} if e.message_id is None else {"message_id": e.message_id}),
+                    "partition": e.partition,
+                    "position": str(e.position),
+                }
                 for e in self.erased
             ],
             "waited": self.waited,
@@ -63,6 +69,34 @@ async def erase_sessions(
 ) -> EraseReport:
     """Append an erase per session; with ``wait_s``, wait for it to reach everything."""
     events = [SessionErased(tenant_id=tenant_id, session_id=s, reason=reason) for s in sessions]
+    return await _erase(settings, tenant_id, events, wait_s=wait_s, producer=producer)
+
+
+async def redact_message(
+    settings: Settings,
+    tenant_id: str,
+    session_id: str,
+    message_id: str,
+    *,
+    reason: str | None = None,
+    wait_s: float | None = None,
+    producer: Producer | None = None,
+) -> EraseReport:
+    """Append a redaction of one message; with ``wait_s``, wait for it to reach everything."""
+    event = MessageRedacted(
+        tenant_id=tenant_id, session_id=session_id, message_id=message_id, reason=reason
+    )
+    return await _erase(settings, tenant_id, [event], wait_s=wait_s, producer=producer)
+
+
+async def _erase(
+    settings: Settings,
+    tenant_id: str,
+    events: Sequence[SessionErased | MessageRedacted],
+    *,
+    wait_s: float | None,
+    producer: Producer | None,
+) -> EraseReport:
     if producer is None:
         async with Producer.from_url(settings.require_redis(), settings.producer) as own:
             results = await own.append_events(events)
@@ -73,11 +107,12 @@ async def erase_sessions(
         erased=[
             Erasure(
                 tenant_id=tenant_id,
-                session_id=s,
+                session_id=e.session_id,
                 partition=r.partition,
                 position=Position.parse(r.stream_id),
+                message_id=e.message_id if isinstance(e, MessageRedacted) else None,
             )
-            for s, r in zip(sessions, results, strict=True)
+            for e, r in zip(events, results, strict=True)
         ],
     )
     if wait_s is None:

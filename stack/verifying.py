@@ -83,9 +83,9 @@ def verify_now(
     return asyncio.run(run_verify(settings, names, tenant_id))
 
 
-async def erased_residue(settings: Settings, tenant_id: str | None) -> dict[str, Residue]:
-    """Per erased session (``tenant/session``), what the log server still holds of it from
-    before its latest erase, place by place: empty when the erase reached everything."""
+async def erased_residue(settings: Settings, tenant_id: str | None) -> dict[Erasure, Residue]:
+    """Per latest erase of a session and latest redaction of a message, what the log server
+    still holds of what it covers, place by place: empty when it reached everything."""
     archive = build_store(settings, ARCHIVE, pool_size=1)
     assert isinstance(archive, PostgresArchiveStore)
     await archive.start()
@@ -96,11 +96,15 @@ async def erased_residue(settings: Settings, tenant_id: str | None) -> dict[str,
     redis = aioredis.Redis.from_url(settings.require_redis())
     out = {}
     try:
-        for tenant, session, partition, position in erased:
+        for tenant, session, message, partition, position in erased:
             erasure = Erasure(
-                tenant_id=tenant, session_id=session, partition=partition, position=position
+                tenant_id=tenant,
+                session_id=session,
+                partition=partition,
+                position=position,
+                message_id=message,
             )
-            out[f"{tenant}/{session}"] = await purge(redis, erasure, delete=False)
+            out[erasure] = await purge(redis, erasure, delete=False)
     finally:
         await redis.aclose()
     return out

@@ -9,7 +9,7 @@ from datetime import UTC, datetime, timedelta
 from projectors.position import Position
 from projectors.records import Enrichment, Record
 from schemas.codec import encode
-from schemas.events import Message, MessageAppended, SessionErased
+from schemas.events import Message, MessageAppended, MessageRedacted, SessionErased
 
 DIM = 384
 BASE_TIME = datetime(2026, 1, 1, tzinfo=UTC)
@@ -66,6 +66,15 @@ def message(
 
 def erase(tenant: str, session: str, pos: int, *, partition: int = 0) -> Record:
     event = SessionErased(tenant_id=tenant, session_id=session, event_id=f"x-{session}-{pos}")
+    return Record(
+        partition=partition, position=Position(1_000 + pos, 0), event=event, raw=encode(event)
+    )
+
+
+def redact(tenant: str, session: str, ident: str, pos: int, *, partition: int = 0) -> Record:
+    event = MessageRedacted(
+        tenant_id=tenant, session_id=session, message_id=ident, event_id=f"r-{ident}-{pos}"
+    )
     return Record(
         partition=partition, position=Position(1_000 + pos, 0), event=event, raw=encode(event)
     )

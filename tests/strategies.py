@@ -6,7 +6,14 @@ from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import strategies as st
 
-from schemas.events import ROLES, JSONValue, Message, MessageAppended, SessionErased
+from schemas.events import (
+    ROLES,
+    JSONValue,
+    Message,
+    MessageAppended,
+    MessageRedacted,
+    SessionErased,
+)
 
 ids = st.text(alphabet="abcXYZ019._:@/-", min_size=1, max_size=128)
 aware_datetimes = st.datetimes(
@@ -52,6 +59,15 @@ events = st.one_of(
         SessionErased,
         tenant_id=ids,
         session_id=ids,
+        reason=st.none() | text,
+        event_id=ids,
+        produced_at=aware_datetimes,
+    ),
+    st.builds(
+        MessageRedacted,
+        tenant_id=ids,
+        session_id=ids,
+        message_id=ids,
         reason=st.none() | text,
         event_id=ids,
         produced_at=aware_datetimes,

@@ -9,8 +9,9 @@ what the archive holds (:mod:`projectors.retention`), so the archive followed by
 stream is the whole log; readers that start from the beginning read :meth:`records` up to
 the stream's first entry, then the stream.
 
-Erasures are kept and erase what they cover, as in every projection: an erased message
-leaves the archive with its enrichments.
+Erasures and redactions are kept and erase what they cover, as in every projection: an
+erased or redacted message leaves the archive with its enrichments, and the event that
+erased it stays (a redaction names only the message's id).
 """
 
 from __future__ import annotations
@@ -92,8 +93,8 @@ class PostgresArchiveStore(PostgresProjection):
             SELECT * FROM unnest($2::int[], $3::bigint[], $4::bigint[], $5::text[], $6::text[],
                                  $7::text[], $8::text[], $9::text[], $10::text[])
                  AS m({_EVENT_COLUMNS})
-            WHERE m.event_type <> 'session.erased' AND {NOT_ERASED}
-               OR m.event_type = 'session.erased'
+            WHERE m.event_type = 'message.appended' AND {NOT_ERASED}
+               OR m.event_type <> 'message.appended'
             ON CONFLICT (partition, pos_ms, pos_seq, tenant_id, session_id) DO NOTHING""",
             self.projector,
             *event_columns(records),
@@ -241,14 +242,20 @@ class PostgresArchiveStore(PostgresProjection):
         )
         return [r[0] for r in rows]
 
-    async def erasures(self, tenant_id: str | None = None) -> list[tuple[str, str, int, Position]]:
-        """Each session's latest archived erase: tenant, session, partition, log position."""
-        query = """SELECT DISTINCT ON (tenant_id, session_id)
-                       tenant_id, session_id, partition, pos_ms, pos_seq
-                   FROM amem_events WHERE event_type = 'session.erased' {tenant}
-                   ORDER BY tenant_id, session_id, pos_ms DESC, pos_seq DESC"""
+    async def erasures(
+        self, tenant_id: str | None = None
+    ) -> list[tuple[str, str, str | None, int, Position]]:
+        """Each session's latest archived erase and each message's latest archived redaction:
+        tenant, session, the redacted message's id (None for an erase), partition, position."""
+        query = """SELECT DISTINCT ON (tenant_id, session_id, message)
+                       tenant_id, session_id, message, partition, pos_ms, pos_seq
+                   FROM (SELECT *, CASE WHEN event_type = 'message.redacted'
+                                   THEN event::jsonb #>> '{{payload,message_id}}' END AS message
+                         FROM amem_events
+                         WHERE event_type IN ('session.erased', 'message.redacted') {tenant}) x
+                   ORDER BY tenant_id, session_id, message, pos_ms DESC, pos_seq DESC"""
         if tenant_id is None:
             rows = await self._pool.fetch(query.format(tenant=""))
         else:
             rows = await self._pool.fetch(query.format(tenant="AND tenant_id = $1"), tenant_id)
-        return [(r[0], r[1], r[2], Position(r[3], r[4])) for r in rows]
+        return [(r[0], r[1], r[2], r[3], Position(r[4], r[5])) for r in rows]

@@ -9,6 +9,7 @@ Graph model (every node carries ``tenant_id``; keys join ids with ``|``, which i
     (:Message)-[:REPLY_TO]->(:Message)    a message to its parent, once both are there
     (:Message)-[:MENTIONS]->(:Entity {key, tenant_id, name})   entities are per tenant
     (:Tombstone {key, tenant_id, session_id, pos})             a session's furthest erase
+    (:Redaction {key, tenant_id, session_id, message_id, pos}) a message's furthest redaction
 
 ``pos`` is :attr:`Position.key`, whose string order is the log order. Everything is MERGEd
 by deterministic keys, and each batch is one statement: ``UNWIND`` over the rows, its steps
@@ -29,13 +30,13 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from projectors.position import Position
-from projectors.records import Digest, Record, SessionKey
+from projectors.records import Digest, MessageAddress, Record, SessionKey
 from projectors.store import GraphStore, Hit, MessageKey, Scope, TombstoneProjection
 
 SEP = "|"
 """Key separator: not in the id alphabet, so ``tenant|session|id`` is unambiguous."""
 
-LABELS = ("Session", "Message", "Entity", "Tombstone")
+LABELS = ("Session", "Message", "Entity", "Tombstone", "Redaction")
 KEYS: tuple[tuple[str, str], ...] = tuple((label, "key") for label in LABELS)
 """Unique key of each label (a uniqueness constraint where the store has them)."""
 LOOKUPS: tuple[tuple[str, str], ...] = (("Message", "parent_key"),)
@@ -217,14 +218,8 @@ A new session's tail is ``''``, before every position; an erase resets it to tha
 
 UPSERT = _MESSAGES + _MENTIONS + _REPLIES + _NEXT
 
-DELETE_UPTO = (
+_DROP_MESSAGES = (
     """
-UNWIND $erased AS row
-MATCH (s:Session {key: row.session_key, tenant_id: row.tenant_id})
-SET s.session_id = row.session_id, s.tail_pos = '', s.tail_key = ''
-WITH row, s
-MATCH (s)<-[:IN_SESSION]-(m:Message {tenant_id: row.tenant_id})
-WHERE m.pos <= row.pos
 OPTIONAL MATCH (m)-[:MENTIONS]->(e:Entity {tenant_id: row.tenant_id})
 WITH m, collect(e) AS mentioned
 DETACH DELETE m
@@ -239,14 +234,59 @@ WITH row, s
 """
     + _RELINK
 )
-"""Erased messages, then the entities only they mentioned (an erase leaves no names behind),
-then NEXT over what is left; a session left empty keeps the tail ``''``."""
+"""Follows a step binding `m` to messages and `row` to their erase or redaction: deletes
+the messages, then the entities only they mentioned (no names are left behind), then
+relinks NEXT over what is left of each of ``$sessions``; a session left empty keeps the
+tail ``''`` the step set."""
+
+DELETE_UPTO = (
+    """
+UNWIND $erased AS row
+MATCH (s:Session {key: row.session_key, tenant_id: row.tenant_id})
+SET s.session_id = row.session_id, s.tail_pos = '', s.tail_key = ''
+WITH row, s
+MATCH (s)<-[:IN_SESSION]-(m:Message {tenant_id: row.tenant_id})
+WHERE m.pos <= row.pos
+"""
+    + _DROP_MESSAGES
+)
+"""Erased messages and what only they brought (see :data:`_DROP_MESSAGES`)."""
 
 WRITE_TOMBSTONES = """
 UNWIND $erased AS row
 MERGE (t:Tombstone {key: row.session_key, tenant_id: row.tenant_id})
 SET t.session_id = row.session_id,
     t.pos = CASE WHEN t.pos IS NULL OR t.pos < row.pos THEN row.pos ELSE t.pos END
+"""
+
+DELETE_REDACTED = (
+    """
+UNWIND $sessions AS row
+MATCH (s:Session {key: row.session_key, tenant_id: row.tenant_id})
+SET s.session_id = row.session_id, s.tail_pos = '', s.tail_key = ''
+WITH count(*) AS done
+UNWIND $redacted AS row
+MATCH (m:Message {key: row.key, tenant_id: row.tenant_id})
+WHERE m.pos <= row.pos
+"""
+    + _DROP_MESSAGES
+)
+"""Redacted messages, then the entities only they mentioned, then NEXT over the rest of
+their sessions: the turns before and after a redacted one become consecutive, and its
+replies keep their ``parent_id`` but lose their REPLY_TO edge. The sessions are written
+first, which locks them against a concurrent upsert (see `_NEXT`)."""
+
+WRITE_REDACTIONS = """
+UNWIND $redacted AS row
+MERGE (t:Redaction {key: row.key, tenant_id: row.tenant_id})
+SET t.session_id = row.session_id, t.message_id = row.message_id,
+    t.pos = CASE WHEN t.pos IS NULL OR t.pos < row.pos THEN row.pos ELSE t.pos END
+"""
+
+REDACTIONS = """
+UNWIND $messages AS row
+MATCH (t:Redaction {key: row.key, tenant_id: row.tenant_id})
+RETURN t.tenant_id, t.session_id, t.message_id, t.pos
 """
 
 TOMBSTONES = """
@@ -435,6 +475,37 @@ def delete_upto(erased: dict[SessionKey, Position]) -> Statement:
     return Statement(DELETE_UPTO, {"erased": rows, "sessions": rows}, write=True)
 
 
+def _redacted_rows(redacted: dict[MessageAddress, Position]) -> list[dict[str, str]]:
+    return [
+        {
+            "key": message_key(t, s, m),
+            "tenant_id": t,
+            "session_id": s,
+            "message_id": m,
+            "pos": p.key,
+        }
+        for (t, s, m), p in sorted(redacted.items())
+    ]
+
+
+def write_redactions(redacted: dict[MessageAddress, Position]) -> Statement:
+    return Statement(WRITE_REDACTIONS, {"redacted": _redacted_rows(redacted)}, write=True)
+
+
+def delete_redacted(redacted: dict[MessageAddress, Position]) -> Statement:
+    sessions = [_session_row(s) for s in sorted({(t, s) for t, s, _ in redacted})]
+    return Statement(
+        DELETE_REDACTED,
+        {"redacted": _redacted_rows(redacted), "sessions": sessions},
+        write=True,
+    )
+
+
+def redactions(messages: Iterable[MessageAddress]) -> Statement:
+    rows = [{"key": message_key(*m), "tenant_id": m[0]} for m in sorted(set(messages))]
+    return Statement(REDACTIONS, {"messages": rows})
+
+
 def tombstones(sessions: Iterable[SessionKey]) -> Statement:
     return Statement(TOMBSTONES, {"sessions": [_session_row(s) for s in sorted(set(sessions))]})
 
@@ -478,6 +549,10 @@ Rows = Sequence[Sequence[Any]]
 
 def parse_tombstones(rows: Rows) -> dict[SessionKey, Position]:
     return {(str(t), str(s)): Position.from_key(str(p)) for t, s, p in rows}
+
+
+def parse_redactions(rows: Rows) -> dict[MessageAddress, Position]:
+    return {(str(t), str(s), str(m)): Position.from_key(str(p)) for t, s, m, p in rows}
 
 
 def parse_digest(rows: Rows) -> Digest:
@@ -529,6 +604,17 @@ class CypherGraphStore(TombstoneProjection, GraphStore):
 
     async def _delete_upto(self, erased: dict[SessionKey, Position]) -> None:
         await self._run(delete_upto(erased))
+
+    async def _write_redactions(self, redacted: dict[MessageAddress, Position]) -> None:
+        await self._run(write_redactions(redacted))
+
+    async def _redactions(
+        self, messages: Iterable[MessageAddress]
+    ) -> dict[MessageAddress, Position]:
+        return parse_redactions(await self._run(redactions(messages)))
+
+    async def _delete_redacted(self, redacted: dict[MessageAddress, Position]) -> None:
+        await self._run(delete_redacted(redacted))
 
     async def digest(self, tenant_id: str | None = None) -> Digest:
         return parse_digest(await self._run(digest(tenant_id)))

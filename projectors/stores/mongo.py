@@ -11,7 +11,9 @@ counted on read (an ``$inc`` would count redeliveries).
 
 Erasure follows :class:`TombstoneProjection`: a tombstone per session in ``erasures``, then
 the covered entries are removed and the aggregates recomputed from what remains (the one
-read-modify-write, made conditional on the revision read; see :meth:`_delete_upto`).
+read-modify-write, made conditional on the revision read; see :meth:`_delete_upto`). A
+redaction is the same for one entry; its tombstone sits in ``erasures`` too, under the
+session's key followed by ``|`` and the message id (see :func:`message_key`).
 
 Times are stored as fixed-width UTC ISO 8601 text: BSON dates hold milliseconds, the log
 holds microseconds, and the summary must give back the message's own ``created_at``. Both
@@ -27,7 +29,7 @@ import asyncio
 import base64
 import re
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
@@ -44,7 +46,7 @@ from pymongo.errors import (
 
 from projectors.errors import ProjectorError
 from projectors.position import Position
-from projectors.records import Digest, Record, SessionKey
+from projectors.records import Digest, MessageAddress, Record, SessionKey
 from projectors.store import ProjectionStore, SessionSummary, TombstoneProjection, participant
 
 Document = dict[str, Any]
@@ -78,6 +80,12 @@ def unescape(name: str) -> str:
 def session_key(tenant_id: str, session_id: str) -> str:
     """The ``_id`` of a session's document and of its tombstone."""
     return f"{escape(tenant_id)}{KEY_SEPARATOR}{escape(session_id)}"
+
+
+def message_key(tenant_id: str, session_id: str, message_id: str) -> str:
+    """The ``_id`` of a message's redaction tombstone (never a session's: it has two
+    separators)."""
+    return f"{session_key(tenant_id, session_id)}{KEY_SEPARATOR}{escape(message_id)}"
 
 
 def time_text(at: datetime) -> str:
@@ -139,6 +147,19 @@ class Entry:
             datetime.fromisoformat(stored["at"]),
             participant(stored["role"], stored["name"]),
         )
+
+
+Covers = Callable[[str, Entry], bool]
+"""Whether an erase or redaction covers the entry under this (escaped) message id."""
+
+
+def _upto(position: Position) -> Covers:
+    return lambda _, entry: entry.pos <= position
+
+
+def _listed(messages: dict[str, Position]) -> Covers:
+    """Covers the entries of these escaped message ids at or before their position."""
+    return lambda key, entry: key in messages and entry.pos <= messages[key]
 
 
 def _revision() -> str:
@@ -234,7 +255,48 @@ class MongoProjectionStore(TombstoneProjection, ProjectionStore):
         docs = await self._erasures.find(_in_filter(sessions)).to_list()
         return {(d["tenant_id"], d["session_id"]): Position.from_key(d["pos"]) for d in docs}
 
+    async def _write_redactions(self, redacted: dict[MessageAddress, Position]) -> None:
+        await self._erasures.bulk_write(
+            [
+                UpdateOne(
+                    {"_id": message_key(t, s, m)},
+                    {
+                        "$set": {"tenant_id": t, "session_id": s, "message_id": m},
+                        "$max": {"pos": pos.key},
+                    },
+                    upsert=True,
+                )
+                for (t, s, m), pos in redacted.items()
+            ],
+            ordered=False,
+        )
+
+    async def _redactions(
+        self, messages: Iterable[MessageAddress]
+    ) -> dict[MessageAddress, Position]:
+        wanted = sorted(set(messages))
+        if not wanted:
+            return {}
+        which = {
+            "_id": {"$in": [message_key(*m) for m in wanted]},
+            "tenant_id": {"$in": sorted({t for t, _, _ in wanted})},
+        }
+        docs = await self._erasures.find(which).to_list()
+        return {
+            (d["tenant_id"], d["session_id"], d["message_id"]): Position.from_key(d["pos"])
+            for d in docs
+        }
+
+    async def _delete_redacted(self, redacted: dict[MessageAddress, Position]) -> None:
+        by_session: dict[SessionKey, dict[str, Position]] = {}
+        for (t, s, m), pos in redacted.items():
+            by_session.setdefault((t, s), {})[escape(m)] = pos
+        await self._remove({s: _listed(ids) for s, ids in by_session.items()})
+
     async def _delete_upto(self, erased: dict[SessionKey, Position]) -> None:
+        await self._remove({s: _upto(pos) for s, pos in erased.items()})
+
+    async def _remove(self, covered: dict[SessionKey, Covers]) -> None:
         # The one read-modify-write. Removing entries at or before a position cannot be an
         # order-insensitive operator here: participants, users and first/last times are $addToSet,
         # $min and $max, which never give back, so they are recomputed from the entries that
@@ -245,7 +307,7 @@ class MongoProjectionStore(TombstoneProjection, ProjectionStore):
         # happen is this rewrite replacing a document another worker has just written to;
         # every message write sets a fresh `rev`, and the rewrite (or delete) is filtered on
         # the `rev` read, so a concurrent write makes it match nothing and it starts over.
-        pending = dict(erased)
+        pending = dict(covered)
         for attempt in range(REWRITE_ATTEMPTS):
             docs = await self._sessions.find(_in_filter(pending)).to_list()
             done = await asyncio.gather(
@@ -264,11 +326,11 @@ class MongoProjectionStore(TombstoneProjection, ProjectionStore):
             f" {REWRITE_ATTEMPTS} erase rewrites"
         )
 
-    async def _rewrite(self, doc: Document, upto: Position) -> bool:
-        """Drop ``doc``'s entries at or before ``upto`` if it is unchanged; False if it changed."""
+    async def _rewrite(self, doc: Document, covers: Covers) -> bool:
+        """Drop ``doc``'s entries ``covers`` names if it is unchanged; False if it changed."""
         stored: dict[str, str | Document] = doc.get("messages") or {}
         entries = {k: Entry.parse(v) for k, v in stored.items()}
-        kept = {k: e for k, e in entries.items() if e.pos > upto}
+        kept = {k: e for k, e in entries.items() if not covers(k, e)}
         current = {"_id": doc["_id"], "tenant_id": doc["tenant_id"], "rev": doc.get("rev")}
         if not kept:
             return (await self._sessions.delete_one(current)).deleted_count == 1

@@ -31,3 +31,14 @@ def erasure_uuid(tenant_id: str, session_id: str, position: Position) -> uuid.UU
     return uuid.uuid5(
         NAMESPACE, DEDUP_SEPARATOR.join(("erase", tenant_id, session_id, str(position)))
     )
+
+
+def redaction_uuid(
+    tenant_id: str, session_id: str, message_id: str, position: Position
+) -> uuid.UUID:
+    """Id of one redaction tombstone: UUIDv5 of ``(tenant, session, message id, position)``,
+    one object per redaction event as for :func:`erasure_uuid`."""
+    return uuid.uuid5(
+        NAMESPACE,
+        DEDUP_SEPARATOR.join(("redact", tenant_id, session_id, message_id, str(position))),
+    )

@@ -3,8 +3,8 @@
 Each batch is one transaction holding the rows and the applied position per partition, so
 a crash at any instant leaves the store at a batch boundary.
 Transactions also take an advisory lock per session, which serialises a session's erase
-against concurrent writers of that session without the tombstone re-check of stores that
-lack transactions.
+(or a redaction of one of its messages) against concurrent writers of that session without
+the tombstone re-check of stores that lack transactions.
 """
 
 from __future__ import annotations
@@ -20,7 +20,15 @@ import asyncpg
 import orjson
 
 from projectors.position import Position
-from projectors.records import Digest, Record, SessionKey, latest_erasures, split
+from projectors.records import (
+    Digest,
+    MessageAddress,
+    Record,
+    SessionKey,
+    latest_erasures,
+    latest_redactions,
+    split,
+)
 from projectors.store import (
     HistoryStore,
     Hit,
@@ -56,6 +64,10 @@ CREATE TABLE IF NOT EXISTS amem_erasures (
     projector text NOT NULL, tenant_id text NOT NULL, session_id text NOT NULL,
     pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
     PRIMARY KEY (projector, tenant_id, session_id));
+CREATE TABLE IF NOT EXISTS amem_redactions (
+    projector text NOT NULL, tenant_id text NOT NULL, session_id text NOT NULL,
+    message_id text NOT NULL, pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
+    PRIMARY KEY (projector, tenant_id, session_id, message_id));
 CREATE TABLE IF NOT EXISTS amem_messages (
     tenant_id text NOT NULL, session_id text NOT NULL, message_id text NOT NULL,
     partition int NOT NULL, pos_ms bigint NOT NULL, pos_seq bigint NOT NULL,
@@ -96,8 +108,13 @@ CREATE INDEX IF NOT EXISTS amem_vectors_user_order
 NOT_ERASED = """NOT EXISTS (
     SELECT 1 FROM amem_erasures e
     WHERE e.projector = $1 AND e.tenant_id = m.tenant_id AND e.session_id = m.session_id
-      AND (m.pos_ms, m.pos_seq) <= (e.pos_ms, e.pos_seq))"""
-"""SQL condition: row ``m`` is not covered by its session's tombstone (``$1`` = projector)."""
+      AND (m.pos_ms, m.pos_seq) <= (e.pos_ms, e.pos_seq))
+    AND NOT EXISTS (
+    SELECT 1 FROM amem_redactions r
+    WHERE r.projector = $1 AND r.tenant_id = m.tenant_id AND r.session_id = m.session_id
+      AND r.message_id = m.message_id AND (m.pos_ms, m.pos_seq) <= (r.pos_ms, r.pos_seq))"""
+"""SQL condition: row ``m`` is covered neither by its session's tombstone nor by its
+message's (``$1`` = projector)."""
 
 ERASED_SESSION = """EXISTS (
     SELECT 1 FROM amem_erasures e
@@ -105,6 +122,16 @@ ERASED_SESSION = """EXISTS (
       AND (e.tenant_id, e.session_id) IN (SELECT * FROM unnest($2::text[], $3::text[]))
       AND (t.pos_ms, t.pos_seq) <= (e.pos_ms, e.pos_seq))"""
 """SQL condition: row ``t`` is covered by one of the tombstones just written."""
+
+REDACTED_MESSAGE = """EXISTS (
+    SELECT 1 FROM amem_redactions r
+    WHERE r.projector = $1 AND r.tenant_id = t.tenant_id AND r.session_id = t.session_id
+      AND r.message_id = t.message_id
+      AND (r.tenant_id, r.session_id, r.message_id) IN
+          (SELECT * FROM unnest($2::text[], $3::text[], $4::text[]))
+      AND (t.pos_ms, t.pos_seq) <= (r.pos_ms, r.pos_seq))"""
+"""SQL condition: row ``t`` is a message copy covered by one of the redactions just written
+(a row without a message id, such as the redaction event in the archive, never is)."""
 
 
 def scope_sql(scope: Scope, args: list[Any]) -> tuple[str, list[Any]]:
@@ -204,6 +231,17 @@ class PostgresProjection(Projection):
         )
         return {r[0]: Position(r[1], r[2]) for r in rows}
 
+    async def redacted_since(
+        self, tenant_id: str, after: Position | None
+    ) -> dict[MessageKey, Position]:
+        since, args = after_sql(after, [self.projector, tenant_id])
+        rows = await self._pool.fetch(
+            f"""SELECT session_id, message_id, pos_ms, pos_seq FROM amem_redactions
+                WHERE projector = $1 AND tenant_id = $2 AND {since}""",
+            *args,
+        )
+        return {(r[0], r[1]): Position(r[2], r[3]) for r in rows}
+
     async def close(self) -> None:
         if self._pool is not None:
             # close() waits for every connection to come back; one held by a cancelled
@@ -217,7 +255,7 @@ class PostgresProjection(Projection):
     async def apply(self, records: Sequence[Record]) -> None:
         if not records:
             return
-        messages, erasures = split(records)
+        messages, erasures, redactions = split(records)
         async with self._pool.acquire() as conn, conn.transaction():
             await _lock_sessions(conn, {r.session for r in records})
             if erasures:
@@ -231,14 +269,25 @@ class PostgresProjection(Projection):
                         tenants,
                         sessions,
                     )
-            await self._insert(conn, messages, erasures)
+            if redactions:
+                redacted = latest_redactions(redactions)
+                await self._write_redactions(conn, redacted)
+                columns = _address_columns(redacted)
+                for table in self.tables:
+                    await conn.execute(
+                        f"DELETE FROM {table} t WHERE {REDACTED_MESSAGE}",
+                        self.projector,
+                        *columns,
+                    )
+            await self._insert(conn, messages, [*erasures, *redactions])
             await self._advance(conn, records)
 
     @abstractmethod
     async def _insert(
         self, conn: Connection, messages: Sequence[Record], erasures: Sequence[Record]
     ) -> None:
-        """Insert the batch's rows that no tombstone covers (the condition NOT_ERASED)."""
+        """Insert the batch's rows that no tombstone covers (the condition NOT_ERASED);
+        ``erasures`` holds the batch's session erasures and redactions."""
 
     async def _write_tombstones(self, conn: Connection, latest: dict[SessionKey, Position]) -> None:
         tenants, sessions = _columns(latest)
@@ -253,6 +302,22 @@ class PostgresProjection(Projection):
             sessions,
             [p.ms for p in latest.values()],
             [p.seq for p in latest.values()],
+        )
+
+    async def _write_redactions(
+        self, conn: Connection, redacted: dict[MessageAddress, Position]
+    ) -> None:
+        await conn.execute(
+            """INSERT INTO amem_redactions AS r
+               SELECT $1, * FROM unnest($2::text[], $3::text[], $4::text[], $5::bigint[],
+                                        $6::bigint[])
+               ON CONFLICT (projector, tenant_id, session_id, message_id) DO UPDATE
+               SET pos_ms = excluded.pos_ms, pos_seq = excluded.pos_seq
+               WHERE (excluded.pos_ms, excluded.pos_seq) > (r.pos_ms, r.pos_seq)""",
+            self.projector,
+            *_address_columns(redacted),
+            [p.ms for p in redacted.values()],
+            [p.seq for p in redacted.values()],
         )
 
     async def _advance(self, conn: Connection, records: Sequence[Record]) -> None:
@@ -287,7 +352,7 @@ class PostgresProjection(Projection):
         async with self._pool.acquire() as conn, conn.transaction():
             for table in self.tables:
                 await conn.execute(f"TRUNCATE {table}")
-            for table in ("amem_erasures", "amem_positions"):
+            for table in ("amem_erasures", "amem_redactions", "amem_positions"):
                 await conn.execute(f"DELETE FROM {table} WHERE projector = $1", self.projector)
 
     async def drop(self) -> None:
@@ -321,6 +386,10 @@ async def _lock_sessions(conn: Connection, sessions: set[SessionKey]) -> None:
 
 def _columns(latest: dict[SessionKey, Position]) -> tuple[list[str], list[str]]:
     return [t for t, _ in latest], [s for _, s in latest]
+
+
+def _address_columns(latest: dict[MessageAddress, Position]) -> list[list[str]]:
+    return [[t for t, _, _ in latest], [s for _, s, _ in latest], [m for _, _, m in latest]]
 
 
 MESSAGE_COLUMNS = (

@@ -23,7 +23,10 @@ Layout:
   take the furthest, so writing one is a blind upsert that no concurrent writer can
   undo. The same request deletes the session's tombstones from before it, so a session
   keeps one unless its erasures arrive out of order. Only tombstones strictly before one
-  just written are deleted, so the furthest always stays.
+  just written are deleted, so the furthest always stays. Redaction tombstones live here
+  too, one point per redaction (id :func:`redaction_uuid`), their payload naming the
+  ``message_id`` as well; a session's erase tombstone supersedes the session's earlier
+  ones of either kind.
 """
 
 from __future__ import annotations
@@ -39,9 +42,9 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from projectors.errors import ApplyError, StoreUnavailableError
 from projectors.position import Position
-from projectors.records import Digest, Record, SessionKey
+from projectors.records import Digest, MessageAddress, Record, SessionKey
 from projectors.store import WHOLE_TENANT, Hit, Scope, TombstoneProjection, VectorStore
-from projectors.stores.point_ids import erasure_uuid, message_uuid
+from projectors.stores.point_ids import erasure_uuid, message_uuid, redaction_uuid
 from schemas.errors import ConfigurationError
 
 PAGE = 1024
@@ -225,13 +228,17 @@ class QdrantVectorStore(TombstoneProjection, VectorStore):
             )
             for (tenant, session), position in erased.items()
         ]
-        earlier = _any_session_upto(erased, inclusive=False)
+        await self._replace_tombstones(points, _any_session_upto(erased, inclusive=False))
+
+    async def _replace_tombstones(
+        self, points: list[models.PointStruct], superseded: models.Filter
+    ) -> None:
         # One request, applied in order: the new tombstones, then the ones they supersede.
         await self._require().batch_update_points(
             self.erasures,
             [
                 models.UpsertOperation(upsert=models.PointsList(points=points)),
-                models.DeleteOperation(delete=models.FilterSelector(filter=earlier)),
+                models.DeleteOperation(delete=models.FilterSelector(filter=superseded)),
             ],
             wait=True,
         )
@@ -243,6 +250,8 @@ class QdrantVectorStore(TombstoneProjection, VectorStore):
         found: dict[SessionKey, Position] = {}
         which = models.Filter(should=[models.Filter(must=_session(t, s)) for t, s in wanted])
         async for payload in self._scroll(self.erasures, which, _TOMBSTONE_FIELDS):
+            if payload.get("message_id") is not None:
+                continue  # a redaction's
             key = (payload["tenant_id"], payload["session_id"])
             position = Position(int(payload["pos_ms"]), int(payload["pos_seq"]))
             if key in wanted and (key not in found or position > found[key]):
@@ -253,6 +262,47 @@ class QdrantVectorStore(TombstoneProjection, VectorStore):
         await self._require().delete(
             self.collection,
             points_selector=models.FilterSelector(filter=_any_session_upto(erased, inclusive=True)),
+            wait=True,
+        )
+
+    async def _write_redactions(self, redacted: dict[MessageAddress, Position]) -> None:
+        points = [
+            models.PointStruct(
+                id=str(redaction_uuid(tenant, session, message, position)),
+                vector={},
+                payload={
+                    "tenant_id": tenant,
+                    "session_id": session,
+                    "message_id": message,
+                    "pos_ms": position.ms,
+                    "pos_seq": position.seq,
+                },
+            )
+            for (tenant, session, message), position in redacted.items()
+        ]
+        await self._replace_tombstones(points, _any_message_upto(redacted, inclusive=False))
+
+    async def _redactions(
+        self, messages: Iterable[MessageAddress]
+    ) -> dict[MessageAddress, Position]:
+        wanted = set(messages)
+        if not wanted:
+            return {}
+        found: dict[MessageAddress, Position] = {}
+        which = models.Filter(should=[models.Filter(must=_message(*m)) for m in wanted])
+        async for payload in self._scroll(self.erasures, which, _TOMBSTONE_FIELDS):
+            key = (payload["tenant_id"], payload["session_id"], payload.get("message_id"))
+            position = Position(int(payload["pos_ms"]), int(payload["pos_seq"]))
+            if key in wanted and (key not in found or position > found[key]):
+                found[key] = position
+        return found
+
+    async def _delete_redacted(self, redacted: dict[MessageAddress, Position]) -> None:
+        await self._require().delete(
+            self.collection,
+            points_selector=models.FilterSelector(
+                filter=_any_message_upto(redacted, inclusive=True)
+            ),
             wait=True,
         )
 
@@ -323,7 +373,7 @@ class QdrantVectorStore(TombstoneProjection, VectorStore):
 
 
 _DIGEST_FIELDS = ["tenant_id", "session_id", "message_id", "content_hash"]
-_TOMBSTONE_FIELDS = ["tenant_id", "session_id", "pos_ms", "pos_seq"]
+_TOMBSTONE_FIELDS = ["tenant_id", "session_id", "message_id", "pos_ms", "pos_seq"]
 
 
 def _match(key: str, value: str | int) -> models.FieldCondition:
@@ -332,6 +382,10 @@ def _match(key: str, value: str | int) -> models.FieldCondition:
 
 def _session(tenant_id: str, session_id: str) -> list[models.Condition]:
     return [_match("tenant_id", tenant_id), _match("session_id", session_id)]
+
+
+def _message(tenant_id: str, session_id: str, message_id: str) -> list[models.Condition]:
+    return [*_session(tenant_id, session_id), _match("message_id", message_id)]
 
 
 def _scope(scope: Scope) -> list[models.Condition]:
@@ -368,6 +422,18 @@ def _any_session_upto(erased: dict[SessionKey, Position], *, inclusive: bool) ->
         should=[
             models.Filter(must=[*_session(tenant, session), _upto(position, inclusive=inclusive)])
             for (tenant, session), position in erased.items()
+        ]
+    )
+
+
+def _any_message_upto(
+    redacted: dict[MessageAddress, Position], *, inclusive: bool
+) -> models.Filter:
+    """Points of any of these messages at or before that message's position."""
+    return models.Filter(
+        should=[
+            models.Filter(must=[*_message(*message), _upto(position, inclusive=inclusive)])
+            for message, position in redacted.items()
         ]
     )
 

@@ -20,6 +20,8 @@ so one tenant's query can never reach another tenant's objects. Reads also filte
   (uuid :func:`erasure_uuid`). Readers take the furthest. Writing one also deletes the
   session's tombstones from before it, as for Qdrant. A worker creates a tenant's shard
   here the first time it reads that tenant's tombstones, so that read is one query.
+  Redaction tombstones live here too, one object per redaction (uuid
+  :func:`redaction_uuid`) with a ``message_id`` property, which erase tombstones lack.
 
 Positions travel to Weaviate as JSON-like doubles (the client's gRPC ``Struct``), so they
 are exact up to 2**53, far beyond any stream id's milliseconds or sequence in practice.
@@ -36,7 +38,7 @@ channel is therefore first tested by the first query.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any, ClassVar, TypeVar
 from urllib.parse import urlsplit
 
@@ -47,19 +49,28 @@ from weaviate.classes.init import Auth
 from weaviate.classes.query import Filter, MetadataQuery
 from weaviate.collections import CollectionAsync
 from weaviate.collections.classes.batch import BatchObjectReturn
+from weaviate.collections.classes.filters import FilterReturn
 from weaviate.exceptions import WeaviateBaseError
 
 from projectors.errors import ApplyError, ProjectorError, StoreUnavailableError
 from projectors.position import Position
-from projectors.records import Digest, Record, SessionKey
-from projectors.store import WHOLE_TENANT, Hit, Scope, TombstoneProjection, VectorStore
-from projectors.stores.point_ids import erasure_uuid, message_uuid
+from projectors.records import Digest, MessageAddress, Record, SessionKey
+from projectors.store import (
+    WHOLE_TENANT,
+    Hit,
+    MessageKey,
+    Scope,
+    TombstoneProjection,
+    VectorStore,
+)
+from projectors.stores.point_ids import erasure_uuid, message_uuid, redaction_uuid
 from projectors.stores.weaviate_support import (
     ERASURE_PROPERTIES,
     MESSAGE_PROPERTIES,
     MULTI_TENANCY,
     UNREACHABLE,
     VECTOR,
+    messages_upto,
     scope_filter,
     sessions_upto,
     tenant_filter,
@@ -78,7 +89,7 @@ TOMBSTONE_LIMIT = 10_000
 """Tombstones one query may return: Weaviate's default QUERY_MAXIMUM_RESULTS."""
 
 _MESSAGE_FIELDS = ["tenant_id", "session_id", "message_id", "content_hash"]
-_TOMBSTONE_FIELDS = ["tenant_id", "session_id", "pos_ms", "pos_seq"]
+_TOMBSTONE_FIELDS = ["tenant_id", "session_id", "message_id", "pos_ms", "pos_seq"]
 
 
 class WeaviateVectorStore(TombstoneProjection, VectorStore):
@@ -237,27 +248,24 @@ class WeaviateVectorStore(TombstoneProjection, VectorStore):
         await asyncio.gather(*(insert(t, objects) for t, objects in by_tenant.items()))
 
     async def _write_tombstones(self, erased: dict[SessionKey, Position]) -> None:
-        erasures = self._erasures()
-
-        async def write(tenant_id: str, sessions: dict[str, Position]) -> None:
-            shard = erasures.with_tenant(tenant_name(tenant_id))
-            objects: list[DataObject[Any, None]] = [
-                DataObject(
-                    properties={
-                        "tenant_id": tenant_id,
-                        "session_id": session_id,
-                        "pos_ms": position.ms,
-                        "pos_seq": position.seq,
-                    },
-                    uuid=erasure_uuid(tenant_id, session_id, position),
+        await asyncio.gather(
+            *(
+                self._insert_tombstones(
+                    tenant_id,
+                    [_tombstone(tenant_id, s, p) for s, p in sessions.items()],
+                    sessions_upto(tenant_id, sessions, False),
                 )
-                for session_id, position in sessions.items()
-            ]
-            _refused(await shard.data.insert_many(objects), self.erasures)
-            # Only after the new ones exist: drop the tombstones they supersede.
-            await shard.data.delete_many(where=sessions_upto(tenant_id, sessions, False))
+                for tenant_id, sessions in _by_tenant(erased).items()
+            )
+        )
 
-        await asyncio.gather(*(write(t, s) for t, s in _by_tenant(erased).items()))
+    async def _insert_tombstones(
+        self, tenant_id: str, objects: list[DataObject[Any, None]], superseded: FilterReturn
+    ) -> None:
+        shard = self._erasures().with_tenant(tenant_name(tenant_id))
+        _refused(await shard.data.insert_many(objects), self.erasures)
+        # Only after the new ones exist: drop the tombstones they supersede.
+        await shard.data.delete_many(where=superseded)
 
     async def _provision_erasures(self, tenant_ids: Iterable[str]) -> None:
         """Give these tenants a shard in the erasure collection, once per process.
@@ -282,64 +290,120 @@ class WeaviateVectorStore(TombstoneProjection, VectorStore):
         wanted: dict[str, set[str]] = {}
         for tenant_id, session_id in sessions:
             wanted.setdefault(tenant_id, set()).add(session_id)
-        await self._provision_erasures(wanted)
+
+        def which(tenant_id: str) -> FilterReturn:
+            return tenant_filter(tenant_id) & Filter.any_of(
+                [Filter.by_property("session_id").equal(s) for s in sorted(wanted[tenant_id])]
+            )
+
+        found: dict[SessionKey, Position] = {}
+        for props, position in await self._read_tombstones(wanted, which):
+            if props.get("message_id") is not None:
+                continue  # a redaction's
+            key = (str(props["tenant_id"]), str(props["session_id"]))
+            if key not in found or position > found[key]:
+                found[key] = position
+        return found
+
+    async def _write_redactions(self, redacted: dict[MessageAddress, Position]) -> None:
+        await asyncio.gather(
+            *(
+                self._insert_tombstones(
+                    tenant_id,
+                    [_tombstone(tenant_id, s, p, m) for (s, m), p in messages.items()],
+                    messages_upto(tenant_id, messages, False),
+                )
+                for tenant_id, messages in _messages_by_tenant(redacted).items()
+            )
+        )
+
+    async def _redactions(
+        self, messages: Iterable[MessageAddress]
+    ) -> dict[MessageAddress, Position]:
+        wanted: dict[str, set[MessageKey]] = {}
+        for tenant_id, session_id, message_id in messages:
+            wanted.setdefault(tenant_id, set()).add((session_id, message_id))
+
+        def which(tenant_id: str) -> FilterReturn:
+            return tenant_filter(tenant_id) & Filter.any_of(
+                [
+                    Filter.by_property("session_id").equal(s)
+                    & Filter.by_property("message_id").equal(m)
+                    for s, m in sorted(wanted[tenant_id])
+                ]
+            )
+
+        found: dict[MessageAddress, Position] = {}
+        for props, position in await self._read_tombstones(wanted, which):
+            key = (str(props["tenant_id"]), str(props["session_id"]), str(props["message_id"]))
+            if key not in found or position > found[key]:
+                found[key] = position
+        return found
+
+    async def _read_tombstones(
+        self, tenant_ids: Iterable[str], which: Callable[[str], FilterReturn]
+    ) -> list[tuple[Mapping[str, object], Position]]:
+        """The tombstones (properties and position) ``which`` selects in each tenant's shard."""
+        tenants = sorted(set(tenant_ids))
+        await self._provision_erasures(tenants)
         erasures = self._erasures()
 
-        async def read(tenant_id: str, session_ids: set[str]) -> dict[SessionKey, Position]:
-            which = tenant_filter(tenant_id) & Filter.any_of(
-                [Filter.by_property("session_id").equal(s) for s in sorted(session_ids)]
-            )
+        async def read(tenant_id: str) -> list[tuple[Mapping[str, object], Position]]:
             result = await self._in_tenant(
                 erasures,
                 tenant_id,
                 lambda shard: shard.query.fetch_objects(
-                    filters=which, limit=TOMBSTONE_LIMIT, return_properties=_TOMBSTONE_FIELDS
+                    filters=which(tenant_id),
+                    limit=TOMBSTONE_LIMIT,
+                    return_properties=_TOMBSTONE_FIELDS,
                 ),
                 None,
             )
             if result is None:  # dropped by someone else's reset since we provisioned it
                 self._erasure_tenants.discard(tenant_name(tenant_id))
-                return {}
+                return []
             if len(result.objects) >= TOMBSTONE_LIMIT:
                 raise ProjectorError(
-                    f"more than {TOMBSTONE_LIMIT} tombstones for {len(session_ids)} sessions of"
-                    f" tenant {tenant_id!r}: apply smaller batches"
+                    f"more than {TOMBSTONE_LIMIT} tombstones in one read of tenant"
+                    f" {tenant_id!r}: apply smaller batches"
                 )
-            found: dict[SessionKey, Position] = {}
-            for obj in result.objects:
-                props = obj.properties
-                key = (str(props["tenant_id"]), str(props["session_id"]))
-                position = Position(_as_int(props["pos_ms"]), _as_int(props["pos_seq"]))
-                if key[0] == tenant_id and (key not in found or position > found[key]):
-                    found[key] = position
-            return found
+            return [
+                (props, Position(_as_int(props["pos_ms"]), _as_int(props["pos_seq"])))
+                for props in (obj.properties for obj in result.objects)
+                if props["tenant_id"] == tenant_id
+            ]
 
-        found: dict[SessionKey, Position] = {}
-        for part in await asyncio.gather(*(read(t, s) for t, s in wanted.items())):
-            found.update(part)
-        return found
+        return [found for part in await asyncio.gather(*map(read, tenants)) for found in part]
 
     async def _delete_upto(self, erased: dict[SessionKey, Position]) -> None:
-        messages_collection = self._messages()
+        await asyncio.gather(
+            *(self._delete(t, sessions_upto(t, s, True)) for t, s in _by_tenant(erased).items())
+        )
 
-        async def delete(tenant_id: str, sessions: dict[str, Position]) -> None:
-            which = sessions_upto(tenant_id, sessions, True)
+    async def _delete_redacted(self, redacted: dict[MessageAddress, Position]) -> None:
+        await asyncio.gather(
+            *(
+                self._delete(t, messages_upto(t, m, True))
+                for t, m in _messages_by_tenant(redacted).items()
+            )
+        )
 
-            async def drain(shard: CollectionAsync) -> None:
-                # One call deletes at most QUERY_MAXIMUM_RESULTS objects: repeat until none match.
-                while True:
-                    result = await shard.data.delete_many(where=which)
-                    if result.failed:
-                        raise ApplyError(
-                            f"weaviate failed to delete {result.failed} objects of tenant"
-                            f" {tenant_id!r} from {self.collection!r}"
-                        )
-                    if not result.successful:
-                        return
+    async def _delete(self, tenant_id: str, which: FilterReturn) -> None:
+        """Delete the messages ``which`` selects in the tenant's shard."""
 
-            await self._in_tenant(messages_collection, tenant_id, drain, None)
+        async def drain(shard: CollectionAsync) -> None:
+            # One call deletes at most QUERY_MAXIMUM_RESULTS objects: repeat until none match.
+            while True:
+                result = await shard.data.delete_many(where=which)
+                if result.failed:
+                    raise ApplyError(
+                        f"weaviate failed to delete {result.failed} objects of tenant"
+                        f" {tenant_id!r} from {self.collection!r}"
+                    )
+                if not result.successful:
+                    return
 
-        await asyncio.gather(*(delete(t, s) for t, s in _by_tenant(erased).items()))
+        await self._in_tenant(self._messages(), tenant_id, drain, None)
 
     # -- reads -----------------------------------------------------------------------------
 
@@ -454,6 +518,30 @@ def _message_object(record: Record) -> DataObject[Any, None]:
     )
 
 
+def _tombstone(
+    tenant_id: str, session_id: str, position: Position, message_id: str | None = None
+) -> DataObject[Any, None]:
+    """A session's erase tombstone, or with ``message_id`` a message's redaction tombstone."""
+    if message_id is None:
+        return DataObject(
+            properties=_position(tenant_id, session_id, position),
+            uuid=erasure_uuid(tenant_id, session_id, position),
+        )
+    return DataObject(
+        properties={**_position(tenant_id, session_id, position), "message_id": message_id},
+        uuid=redaction_uuid(tenant_id, session_id, message_id, position),
+    )
+
+
+def _position(tenant_id: str, session_id: str, position: Position) -> dict[str, object]:
+    return {
+        "tenant_id": tenant_id,
+        "session_id": session_id,
+        "pos_ms": position.ms,
+        "pos_seq": position.seq,
+    }
+
+
 def _refused(result: BatchObjectReturn, collection: str) -> None:
     """Raise when Weaviate refused part of an ``insert_many`` (it reports, never raises)."""
     if result.errors:
@@ -467,6 +555,15 @@ def _by_tenant(erased: dict[SessionKey, Position]) -> dict[str, dict[str, Positi
     out: dict[str, dict[str, Position]] = {}
     for (tenant_id, session_id), position in erased.items():
         out.setdefault(tenant_id, {})[session_id] = position
+    return out
+
+
+def _messages_by_tenant(
+    redacted: dict[MessageAddress, Position],
+) -> dict[str, dict[MessageKey, Position]]:
+    out: dict[str, dict[MessageKey, Position]] = {}
+    for (tenant_id, session_id, message_id), position in redacted.items():
+        out.setdefault(tenant_id, {})[(session_id, message_id)] = position
     return out
 
 

@@ -35,7 +35,7 @@ from weaviate.exceptions import (
 
 from projectors.errors import StoreUnavailableError
 from projectors.position import Position
-from projectors.store import Scope
+from projectors.store import MessageKey, Scope
 
 VECTOR = "embedding"
 """Name of the one vector of a message (named, so that no call relies on a default vector)."""
@@ -69,7 +69,13 @@ MESSAGE_PROPERTIES = [
     _int("tokens", filterable=False),
     _text("model", filterable=False),
 ]
-ERASURE_PROPERTIES = [_text("tenant_id"), _text("session_id"), _int("pos_ms"), _int("pos_seq")]
+ERASURE_PROPERTIES = [
+    _text("tenant_id"),
+    _text("session_id"),
+    _text("message_id"),  # a redaction's; absent from a session erase's
+    _int("pos_ms"),
+    _int("pos_seq"),
+]
 
 
 def vector_config(*, indexed: bool) -> VectorConfigCreate:
@@ -138,6 +144,19 @@ def sessions_upto(tenant_id: str, sessions: dict[str, Position], inclusive: bool
         [
             Filter.by_property("session_id").equal(session_id) & upto(position, inclusive)
             for session_id, position in sessions.items()
+        ]
+    )
+
+
+def messages_upto(
+    tenant_id: str, messages: dict[MessageKey, Position], inclusive: bool
+) -> FilterReturn:
+    return tenant_filter(tenant_id) & Filter.any_of(
+        [
+            Filter.by_property("session_id").equal(session_id)
+            & Filter.by_property("message_id").equal(message_id)
+            & upto(position, inclusive)
+            for (session_id, message_id), position in messages.items()
         ]
     )
 

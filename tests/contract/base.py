@@ -29,7 +29,7 @@ from projectors.store import (
 )
 from projectors.stores.cypher import COMMON_ENTITY
 from schemas.digest import content_hash
-from tests.records import conversation, erase, fake_vector, message
+from tests.records import conversation, erase, fake_vector, message, redact
 
 P = TypeVar("P", bound=Projection)
 
@@ -88,13 +88,27 @@ class ProjectionContract:
         assert await self.observe(store, "t1", ["s1", "s2"]) == once
 
     @EXAMPLES
-    @given(seed=st.integers(0, 2**32 - 1), size=st.integers(1, 7), with_erase=st.booleans())
+    @given(
+        seed=st.integers(0, 2**32 - 1),
+        size=st.integers(1, 7),
+        with_erase=st.booleans(),
+        with_redaction=st.booleans(),
+    )
     async def test_any_order_and_batching_gives_the_same_state(
-        self, store: Projection, seed: int, size: int, with_erase: bool
+        self, store: Projection, seed: int, size: int, with_erase: bool, with_redaction: bool
     ) -> None:
         records = conversation("t1", "s1", 5) + conversation("t1", "s2", 4)
         if with_erase:
             records += [erase("t1", "s1", 50), *conversation("t1", "s1", 3, start=60)]
+        if with_redaction:
+            # Two redactions of one message, one of a message the erase covers as well, and
+            # one of the last turn of a session.
+            records += [
+                redact("t1", "s2", "m1", 40),
+                redact("t1", "s2", "m1", 42),
+                redact("t1", "s1", "m2", 45),
+                redact("t1", "s2", "m3", 47),
+            ]
         await store.reset()
         await apply_in_batches(store, records, len(records))
         in_order = await self.observe(store, "t1", ["s1", "s2"])
@@ -125,9 +139,39 @@ class ProjectionContract:
         a, b = conversation("ta", "s1"), conversation("tb", "s1")
         await store.apply(a + b)
         assert set(await store.digest("ta")) == {("ta", "s1")}
+        await store.apply([redact("ta", "s1", "m1", 90)])
+        assert "m1" not in (await store.digest("ta"))[("ta", "s1")]
+        assert len((await store.digest("tb"))[("tb", "s1")]) == len(b)
         await store.apply([erase("ta", "s1", 100)])
         assert await store.digest("ta") == {}
         assert len((await store.digest("tb"))[("tb", "s1")]) == len(b)
+
+    async def test_a_redaction_leaves_the_state_as_if_the_message_never_was(
+        self, store: Projection
+    ) -> None:
+        records = conversation("t1", "s1") + conversation("t1", "s2")
+        kept = [r for r in records if r.address != ("t1", "s1", "m2")]
+        await store.apply(kept)
+        without = await self.observe(store, "t1", ["s1", "s2"])
+        await store.reset()
+        await store.apply(records)
+        await store.apply([redact("t1", "s1", "m2", 100)])
+        digest = await store.digest("t1")
+        assert set(digest[("t1", "s1")]) == {"m0", "m1", "m3", "m4", "m5"}
+        assert len(digest[("t1", "s2")]) == 6
+        assert await store.count() == len(kept)
+        assert await self.observe(store, "t1", ["s1", "s2"]) == without
+
+    async def test_a_late_copy_from_before_the_redaction_stays_redacted(
+        self, store: Projection
+    ) -> None:
+        records = [*conversation("t1", "s1", 3), message("t1", "s1", "m9", "later", 9)]
+        await store.apply([redact("t1", "s1", "m1", 100), redact("t1", "s1", "m9", 5)])
+        await store.apply(records)
+        await store.apply(records[1:2])  # redelivered after the redaction
+        digest = await store.digest("t1")
+        # m9 sits after the redaction naming it: a later copy, which stays.
+        assert set(digest[("t1", "s1")]) == {"m0", "m2", "m9"}
 
     async def test_reset_empties_the_store(self, store: Projection) -> None:
         await store.apply(conversation("t1", "s1"))
@@ -165,6 +209,16 @@ class ProjectionStoreContract(ProjectionContract):
         assert summary.last_position == records[-1].position
         assert await store.session("t1", "nope") is None
         assert await store.session("t2", "s1") is None
+
+    async def test_a_redaction_shrinks_the_summary(self, store: ProjectionStore) -> None:
+        records = conversation("t1", "s1", 4)
+        await store.apply([*records, redact("t1", "s1", "m1", 50), redact("t1", "s1", "m3", 51)])
+        summary = await store.session("t1", "s1")
+        assert summary is not None
+        assert summary.message_count == 2
+        assert summary.participants == {"user:Alice"}  # Bob spoke only in m1 and m3
+        assert summary.last_at == records[2].message.message.created_at
+        assert summary.last_position == records[2].position
 
 
 class HistoryStoreContract(ProjectionContract):
@@ -289,6 +343,24 @@ class HistoryStoreContract(ProjectionContract):
         assert await store.erased_since("t1", erase("t1", "s1", 50).position) == {}
         assert await store.erased_since("t2", None) == {}
 
+    async def test_redacted_messages_are_never_read(self, store: HistoryStore) -> None:
+        gone = redact("t1", "s1", "m2", 50)
+        await store.apply([*conversation("t1", "s1", 4), gone])
+        one = Scope(session_id="s1")
+        recent = await store.recent("t1", "s1", limit=10)
+        assert [m.message.id for m in recent] == ["m0", "m1", "m3"]
+        assert await store.messages("t1", [("s1", "m2")]) == []
+        assert "m2" not in {
+            h.message_id for h in await store.lexical("t1", "Lisbon", limit=10, scope=one)
+        }
+        assert {t.turn.message_id for t in await store.scan("t1", scope=one)} == {"m0", "m1", "m3"}
+        window = (await store.around("t1", [("s1", "m1")], radius=1))[("s1", "m1")]
+        assert [t.message_id for t in window] == ["m0", "m1", "m3"]
+        assert await store.redacted_since("t1", None) == {("s1", "m2"): gone.position}
+        assert await store.redacted_since("t1", gone.position) == {}
+        assert await store.redacted_since("t2", None) == {}
+        assert await store.erased_since("t1", None) == {}
+
 
 class VectorStoreContract(ProjectionContract):
     async def observe(self, store: Any, tenant: str, sessions: Sequence[str]) -> object:
@@ -403,6 +475,24 @@ class GraphStoreContract(ProjectionContract):
             views,
             sorted((h.key, h.score) for h in everywhere),
         )
+
+    async def test_a_redaction_takes_the_entities_only_its_message_mentioned(
+        self, store: GraphStore
+    ) -> None:
+        await store.apply(
+            [
+                message("t1", "s1", "a", "first", 0, entities=("Paris",)),
+                message(
+                    "t1", "s1", "b", "second", 1, parent_id="a", entities=("Zanzibar", "Paris")
+                ),
+                message("t1", "s1", "c", "third", 2, parent_id="b"),
+            ]
+        )
+        await store.apply([redact("t1", "s1", "b", 10)])
+        assert await store.entities("t1", "s1") == {"Paris": 1}
+        # The turns on either side of the redacted one are next to each other now.
+        hits = await store.neighbours("t1", [("s1", "a")], scope=Scope(session_id="s1"))
+        assert [h.message_id for h in hits] == ["c"]
 
     async def test_neighbours_follow_turns_replies_and_shared_entities(
         self, store: GraphStore
@@ -550,3 +640,10 @@ class VectorSourceContract:
         assert await store.erased_since("t1", None) == {"s1": at}
         assert await store.erased_since("t1", at) == {}
         assert (await store.vectors("t1", scope=Scope(session_id="s1"))).keys == []
+
+    async def test_redactions_are_reported_after_a_position(self, store: Any) -> None:
+        gone = redact("t1", "s1", "m0", 50)
+        await store.apply([*conversation("t1", "s1", 2), gone])
+        assert await store.redacted_since("t1", None) == {("s1", "m0"): gone.position}
+        assert await store.redacted_since("t1", gone.position) == {}
+        assert (await store.vectors("t1", scope=Scope(session_id="s1"))).keys == [("s1", "m1")]

@@ -15,6 +15,7 @@ from projectors.position import Position
 from projectors.stores.mongo import (
     Entry,
     MongoProjectionStore,
+    _upto,
     escape,
     session_key,
     time_text,
@@ -117,8 +118,8 @@ class TestMongoProjectionStore(ProjectionStoreContract):
         # Another worker writes a later message between the eraser's read and its rewrite.
         later = conversation("t1", "s1", 1, start=80)
         await store.apply(later)
-        assert not await store._rewrite(stale, Position(1_050, 0))
-        assert not await store._rewrite({**stale, "messages": {}}, Position(1_050, 0))
+        assert not await store._rewrite(stale, _upto(Position(1_050, 0)))
+        assert not await store._rewrite({**stale, "messages": {}}, _upto(Position(1_050, 0)))
         assert set((await store.digest("t1"))[("t1", "s1")]) == {"m0", "m1", "m2", "m80"}
         # The retrying path re-reads and succeeds.
         await store._delete_upto({("t1", "s1"): Position(1_050, 0)})

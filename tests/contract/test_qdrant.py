@@ -14,7 +14,7 @@ from projectors.records import Record
 from projectors.stores.qdrant import QdrantVectorStore
 from schemas.errors import ConfigurationError
 from tests.contract.base import VectorStoreContract, emptied
-from tests.records import DIM, conversation, erase
+from tests.records import DIM, conversation, erase, redact
 
 QDRANT_URL_VAR = "AMEM_TEST_QDRANT_URL"
 
@@ -53,6 +53,25 @@ class QdrantChecks(VectorStoreContract):
         await store.apply([erase("t1", "s1", 120)])  # late: must not move the tombstone back
         tombstones = await store._tombstones([("t1", "s1"), ("t1", "s2"), ("t1", "s3")])
         assert tombstones == {("t1", "s1"): Position(1_150, 0), ("t1", "s2"): Position(1_030, 0)}
+
+    async def test_redaction_tombstones_sit_beside_erase_tombstones(
+        self, store: QdrantVectorStore
+    ) -> None:
+        await store.apply([redact("t1", "s1", "m1", 100), redact("t1", "s1", "m1", 90)])
+        await store.apply([redact("t1", "s1", "m1", 120), redact("t1", "s2", "m1", 60)])
+        await store.apply([redact("t1", "s1", "m1", 110)])  # late: must not move it back
+        assert store._client is not None
+        held = await store._client.count(store.erasures, exact=True)
+        assert held.count == 3, "a redaction replaces the message's earlier tombstones"
+        asked = [("t1", "s1", "m1"), ("t1", "s1", "m2"), ("t2", "s1", "m1")]
+        assert await store._redactions(asked) == {("t1", "s1", "m1"): Position(1_120, 0)}
+        assert await store._tombstones([("t1", "s1")]) == {}, "a redaction erases no session"
+        await store.apply([erase("t1", "s1", 200)])  # covers what the redaction did
+        assert await store._redactions(asked) == {}
+        assert await store._redactions([("t1", "s2", "m1")]) == {
+            ("t1", "s2", "m1"): Position(1_060, 0)
+        }
+        assert await store._tombstones([("t1", "s1")]) == {("t1", "s1"): Position(1_200, 0)}
 
     async def test_a_record_without_a_vector_is_refused(self, store: QdrantVectorStore) -> None:
         [record] = conversation("t1", "s1", 1)

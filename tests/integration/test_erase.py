@@ -1,10 +1,11 @@
 """Erase reaches everything: a secret is looked for in every store, key and file afterwards.
 
 Real worker processes, the embedded services and the ``amem`` commands (and ``amem serve``)
-a user runs. Each test appends sessions carrying a unique secret beside sessions that must
-survive, erases, stops the workers (Qdrant local mode is theirs while they run) and scans
-every Redis key of every type, the graph, the log server's files, every Postgres table,
-every Mongo collection and every Qdrant collection.
+a user runs. Each test appends sessions (or one message) carrying a unique secret beside
+sessions and messages that must survive, erases (or redacts), stops the workers (Qdrant
+local mode is theirs while they run) and scans every Redis key of every type, the graph,
+the log server's files, every Postgres table, every Mongo collection and every Qdrant
+collection.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import secrets
 import subprocess
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +140,17 @@ async def _text(reply: Any) -> Any:
     return {k.decode(): v.decode(errors="replace") for k, v in (await reply).items()}
 
 
-def poison(settings: Settings, tenant: str, session: str, secret: str, n: int = 3) -> None:
-    """Entries of the session that no projector accepts (an unknown version): dead letters."""
+def poison(
+    settings: Settings,
+    tenant: str,
+    session: str,
+    secret: str,
+    n: int = 3,
+    *,
+    message_id: str | None = None,
+) -> None:
+    """Entries of the session that no projector accepts (an unknown version): dead letters,
+    each a message of its own or, with ``message_id``, all copies of that message."""
 
     async def run() -> None:
         redis = aioredis.Redis.from_url(settings.require_redis())
@@ -150,7 +162,10 @@ def poison(settings: Settings, tenant: str, session: str, secret: str, n: int = 
                     "v": 99,
                     "tenant_id": tenant,
                     "session_id": session,
-                    "payload": {"id": f"poison-{i}", "content": f"poisoned {secret}"},
+                    "payload": {
+                        "id": message_id or f"poison-{i}",
+                        "content": f"poisoned {secret}",
+                    },
                 }
                 await redis.xadd(log_key(partition), {"event": orjson.dumps(envelope)})
         finally:
@@ -174,6 +189,17 @@ def projected(env: dict[str, str]) -> None:
     run_ok(env, "project", "wait", "--timeout", "300")
 
 
+def projected_with_dead_letters(env: dict[str, str], secret: str) -> None:
+    """Project, then check that the poisoned entries were dead-lettered and that the secret
+    is both in the dead letters and in the stores: what the erase must reach."""
+    projected(env)
+    letters = json.loads(_amem(env, "dlq", "list", "--json").stdout)
+    assert len([x for x in letters if "99" in x["reason"]]) >= 3, letters
+    before = asyncio.run(scan(Settings.from_env(env), secret, qdrant=False))
+    assert any(place.startswith("redis stream amem:dlq") for place in before), before
+    assert any(place.startswith("postgres") for place in before), before
+
+
 def clean_after_stop(env: dict[str, str], secret: str) -> None:
     run_ok(env, "project", "stop")
     settings = Settings.from_env(env)
@@ -195,12 +221,7 @@ def test_a_session_erased_with_wait_leaves_its_secret_nowhere(
     run_ok(env, "import", str(theirs), "--tenant", OTHER)
     settings = Settings.from_env(env)
     poison(settings, TENANT, "doomed", secret)
-    projected(env)
-    letters = json.loads(_amem(env, "dlq", "list", "--json").stdout)
-    assert len([x for x in letters if "99" in x["reason"]]) >= 3, letters
-    before = asyncio.run(scan(settings, secret, qdrant=False))
-    assert any(place.startswith("redis stream amem:dlq") for place in before), before
-    assert any(place.startswith("postgres") for place in before), before
+    projected_with_dead_letters(env, secret)
 
     report = run_ok(env, "erase", "--tenant", TENANT, "--session", "doomed", "--wait")
     assert report["done"], report
@@ -223,17 +244,8 @@ def test_http_erase_with_wait_and_a_tenant_wide_erase(env: dict[str, str], tmp_p
         OTHER,
     )
     projected(env)
-    port = free_port()
-    server = subprocess.Popen(
-        [*AMEM, "serve", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        cwd=REPO,
-    )
-    url = f"http://127.0.0.1:{port}/v1/sessions/doomed"
-    try:
-        _wait_until_up(f"http://127.0.0.1:{port}/v1/health")
+    with served(env) as base:
+        url = f"{base}/v1/sessions/doomed"
         for text in talk(secret, 6):
             appended = httpx.post(
                 f"{url}/messages", json={"messages": [{"role": "user", "content": text}]}
@@ -246,15 +258,113 @@ def test_http_erase_with_wait_and_a_tenant_wide_erase(env: dict[str, str], tmp_p
         assert body["status"] == "done", body
         assert body["purged"]["log"] == 6
         assert body["log_files"] == "rewritten"
-    finally:
-        server.terminate()
-        server.wait(30)
 
     report = run_ok(env, "erase", "--tenant", OTHER, "--all", "--wait")
     assert report["done"], report
     assert {e["session_id"] for e in report["erased"]} == {f"s{i}" for i in range(5)}
     clean_after_stop(env, secret)
     assert asyncio.run(scan(Settings.from_env(env), offboarded)) == {}
+
+
+def turns(secret: str, n: int = 8, *, at: int = 3) -> list[dict[str, str]]:
+    """A session's messages ``m0``… in which only ``m<at>`` carries the secret."""
+    return [
+        {
+            "id": f"m{i}",
+            "role": "user" if i % 2 == 0 else "assistant",
+            "content": f"The vault code is {secret}, Alice." if i == at else f"Note {i} on Kyoto",
+        }
+        for i in range(n)
+    ]
+
+
+def chat(path: Path, sessions: dict[str, list[dict[str, str]]]) -> Path:
+    path.write_text(
+        "".join(json.dumps({"session_id": s, **m}) + "\n" for s, ms in sessions.items() for m in ms)
+    )
+    return path
+
+
+def message_counts(env: dict[str, str], tenant: str) -> set[int]:
+    """The number of messages each projection holds of the tenant (verify is clean)."""
+    report = run_ok(env, "verify", "--tenant", tenant)
+    assert report["ok"], report
+    return {row["messages"] for row in report["projections"]}
+
+
+@pytest.mark.timeout(600)
+def test_a_message_redacted_with_wait_leaves_its_secret_nowhere_and_the_rest_stays(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    secret = f"SECRET-{secrets.token_hex(8)}"
+    # The same session and message ids in another tenant, which the redaction must not touch.
+    mine = chat(tmp_path / "a.jsonl", {"mixed": turns(secret), "kept": turns("nothing")})
+    theirs = chat(tmp_path / "b.jsonl", {"mixed": turns("theirs"), "kept": turns("else")})
+    run_ok(env, "import", str(mine), "--tenant", TENANT)
+    run_ok(env, "import", str(theirs), "--tenant", OTHER)
+    settings = Settings.from_env(env)
+    poison(settings, TENANT, "mixed", secret, message_id="m3")
+    projected_with_dead_letters(env, secret)
+
+    report = run_ok(
+        env, "erase", "--tenant", TENANT, "--session", "mixed", "--message", "m3", "--wait"
+    )
+    assert report["done"], report
+    assert report["erased"][0]["message_id"] == "m3", report
+    assert report["log_files"] == "rewritten"
+    assert report["purged"]["log"] == 4, report  # the message and its three poisoned copies
+    assert report["purged"]["enriched stream"] == 1, report
+    assert report["purged"]["dead letters"] >= 3, report
+    assert report["purged"]["dedup keys"] == 1, report
+    clean_after_stop(env, secret)
+    residue = run_ok(env, "verify", "--erased")["erased"]
+    assert residue == {"sessions": 0, "messages": 1, "residue": {}}, residue
+    assert message_counts(env, TENANT) == {15}  # 8 + 8, less the redacted one
+    assert message_counts(env, OTHER) == {16}
+    context = run_ok(env, "rehydrate", "--tenant", TENANT, "--session", "mixed")
+    ids = {item["id"] for item in context["items"]}
+    assert "m3" not in ids, context
+    assert {"m2", "m4"} <= ids, context
+
+
+@pytest.mark.timeout(600)
+def test_http_redaction_with_wait(env: dict[str, str]) -> None:
+    secret = f"SECRET-{secrets.token_hex(8)}"
+    run_ok(env, "project", "start")
+    with served(env) as base:
+        url = f"{base}/v1/sessions/mixed"
+        appended = httpx.post(f"{url}/messages", json={"messages": turns(secret, 6)})
+        assert appended.status_code == 201, appended.text
+        run_ok(env, "project", "wait", "--timeout", "300")
+        redacted = httpx.delete(f"{url}/messages/m3", params={"wait": "true"}, timeout=60)
+        assert redacted.status_code == 200, redacted.text
+        body = redacted.json()
+        assert body["status"] == "done", body
+        assert body["message_id"] == "m3", body
+        assert body["purged"]["log"] == 1, body
+        assert body["log_files"] == "rewritten"
+        left = httpx.get(f"{url}/messages").json()["messages"]
+        assert [m["id"] for m in left] == ["m0", "m1", "m2", "m4", "m5"], left
+    clean_after_stop(env, secret)
+
+
+@contextmanager
+def served(env: dict[str, str]) -> Iterator[str]:
+    """``amem serve`` on a free port, answering: its base URL."""
+    port = free_port()
+    server = subprocess.Popen(
+        [*AMEM, "serve", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=REPO,
+    )
+    try:
+        _wait_until_up(f"http://127.0.0.1:{port}/v1/health")
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)
 
 
 def _wait_until_up(health: str) -> None:

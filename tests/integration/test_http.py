@@ -261,11 +261,37 @@ async def test_an_erase_hides_earlier_messages_at_once_and_later_ones_stay(
     assert [i["content"] for i in context.json()["items"]] == ["after"]
 
 
+async def test_a_redaction_hides_the_message_at_once_and_keeps_the_rest(
+    client: httpx.AsyncClient,
+) -> None:
+    session = new_session()
+    url = f"/v1/sessions/{session}"
+    turns = [("a", "kept before"), ("b/1", "forget me"), ("c", "kept after")]
+    appended = await client.post(
+        f"{url}/messages",
+        json={"messages": [{"id": i, "role": "user", "content": c} for i, c in turns]},
+        headers=A,
+    )
+    assert appended.status_code == 201, appended.text
+    redacted = await client.delete(f"{url}/messages/b%2F1?reason=user%20request", headers=A)
+    assert redacted.status_code == 202, redacted.text
+    body = redacted.json()
+    assert (body["status"], body["session_id"], body["message_id"]) == ("accepted", session, "b/1")
+    assert "asynchronously" in body["detail"]
+    assert await history(client, session, A) == ["kept before", "kept after"]
+    context = await client.post(f"{url}/rehydrate", json=SLOW, headers=A)
+    assert [i["content"] for i in context.json()["items"]] == ["kept before", "kept after"]
+    # Another tenant's redaction of the same ids reaches nothing of this one.
+    await client.delete(f"{url}/messages/a", headers=B)
+    assert await history(client, session, A) == ["kept before", "kept after"]
+
+
 ROUTES = [
     ("POST", "/v1/sessions/s1/messages", say("hi")),
     ("POST", "/v1/sessions/s1/rehydrate", {}),
     ("GET", "/v1/sessions/s1/messages", None),
     ("DELETE", "/v1/sessions/s1", None),
+    ("DELETE", "/v1/sessions/s1/messages/m1", None),
 ]
 CREDENTIALS = {
     "none": {},

@@ -34,7 +34,7 @@ from stack.settings import Settings
 
 KEY = "schemathesis-key-0123456789abcdef"
 TENANT = "schemathesis"
-OPERATIONS = 5
+OPERATIONS = 6
 MAX_EXAMPLES = 100
 """Per operation and generation phase: the whole run stays well under a minute."""
 

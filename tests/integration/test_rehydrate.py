@@ -91,12 +91,14 @@ async def projected(
     others = [
         *conversation("bob-trip", user="bob"),
         *(replace(m, tenant_id="other") for m in conversation("elsewhere")),
-        # Erased by the erase test, one per rehydrator and scope.
+        # Erased by the erase test and redacted from by the redaction test, one per
+        # rehydrator and scope.
         *(
             m
             for where in ("stores", "memory")
             for scope in SCOPES
-            for m in conversation(f"gone-{where}-{scope}", 6, user="eve")
+            for kind in ("gone", "redacted")
+            for m in conversation(f"{kind}-{where}-{scope}", 6, user="eve")
         ),
     ]
     async with Producer.from_url(settings.require_redis(), settings.producer) as producer:
@@ -460,3 +462,26 @@ def test_query_embedder_is_exported_once(projected: Settings) -> None:
     models = projected.home / "models"
     assert (models / "all-MiniLM-L6-v2.onnx").is_file()
     assert QueryEmbedder.load(models).embed("x")
+
+
+async def test_a_redaction_not_yet_projected_hides_the_message_at_once(
+    rehydrator: Rehydrator, projected: Settings, scope: ScopeName
+) -> None:
+    session = f"redacted-{mode(rehydrator)}-{scope}"
+    user = "eve" if scope == "user" else None
+
+    async def rehydrated() -> set[str]:
+        context = await rehydrator.rehydrate(
+            TENANT, session, "ferry", 2000, scope=scope, user_id=user
+        )
+        return {i.message.id for i in context.items if i.message.session_id == session}
+
+    assert {"t0", "t1", "t2"} <= await rehydrated()
+    async with Producer.from_url(projected.require_redis(), projected.producer) as producer:
+        await producer.redact(TENANT, session, "t1")
+    # The projections still hold it, the log says no; the rest of the session stays.
+    after = await rehydrated()
+    assert "t1" not in after
+    assert {"t0", "t2"} <= after
+    kept = [m.message.id for m in await rehydrator.history(TENANT, session)]
+    assert kept == ["t0", "t2", "t3", "t4", "t5"]

@@ -10,7 +10,7 @@ from hypothesis import given
 
 from schemas.codec import decode, encode, to_json_dict
 from schemas.errors import DecodeError
-from schemas.events import Event, Message, MessageAppended
+from schemas.events import Event, Message, MessageAppended, MessageRedacted
 from tests.strategies import events
 
 
@@ -57,6 +57,32 @@ def _valid() -> dict[str, object]:
 def test_decode_names_the_bad_field(mutate: object, field: str) -> None:
     envelope = _valid()
     mutate(envelope)  # type: ignore[operator]
+    with pytest.raises(DecodeError) as caught:
+        decode(orjson.dumps(envelope))
+    assert caught.value.field == field
+
+
+def test_a_redaction_names_only_the_message_id() -> None:
+    event = MessageRedacted(tenant_id="t", session_id="s", message_id="m-7", reason="user asked")
+    envelope = orjson.loads(encode(event))
+    assert envelope["type"] == "message.redacted"
+    assert envelope["v"] == 1
+    assert envelope["payload"] == {"message_id": "m-7", "reason": "user asked"}
+    assert decode(encode(event)) == event
+
+
+@pytest.mark.parametrize(
+    ("mutate", "field"),
+    [
+        (lambda p: p.pop("message_id"), "payload.message_id"),
+        (lambda p: p.update(message_id=7), "payload.message_id"),
+        (lambda p: p.update(message_id="has space"), "message_id"),
+        (lambda p: p.update(reason=["not", "text"]), "payload.reason"),
+    ],
+)
+def test_decoding_a_redaction_names_the_bad_field(mutate: object, field: str) -> None:
+    envelope = to_json_dict(MessageRedacted(tenant_id="t", session_id="s", message_id="m"))
+    mutate(envelope["payload"])  # type: ignore[operator]
     with pytest.raises(DecodeError) as caught:
         decode(orjson.dumps(envelope))
     assert caught.value.field == field

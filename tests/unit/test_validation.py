@@ -7,9 +7,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from schemas.errors import ValidationError
-from schemas.events import Message
+from schemas.events import Message, MessageRedacted
 from schemas.limits import Limits
-from schemas.validation import validate_id, validate_message
+from schemas.validation import validate_event, validate_id, validate_message
 from tests.strategies import messages
 
 
@@ -76,3 +76,22 @@ def test_limits_are_settings() -> None:
     tight = Limits(max_content_bytes=4)
     with pytest.raises(ValidationError):
         validate_message(_message(content="hello"), tight)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "field"),
+    [
+        ({"message_id": "a b"}, "message_id"),
+        ({"message_id": ""}, "message_id"),
+        ({"session_id": "s" * 129}, "session_id"),
+        ({"reason": "x" * (256 * 1024 + 1)}, "reason"),
+    ],
+)
+def test_a_redaction_is_validated_like_the_message_it_names(
+    overrides: dict[str, object], field: str
+) -> None:
+    fields: dict[str, object] = {"tenant_id": "t", "session_id": "s", "message_id": "m"}
+    fields.update(overrides)
+    with pytest.raises(ValidationError) as caught:
+        validate_event(MessageRedacted(**fields))  # type: ignore[arg-type]
+    assert caught.value.field == field
