@@ -55,19 +55,29 @@ from schemas.constants import (
 FIRST = 1
 """The generation a projection starts in: its store's first names."""
 
-OpenGeneration = Callable[[int], Projection]
-"""Builds (does not start) the store of one generation of a projection."""
+OpenGeneration = Callable[[int, str | None], Projection]
+"""Builds (does not start) the store of one generation of a projection, in its embedding
+model (None: the enricher's)."""
 
 _log = logging.getLogger("projectors.generations")
 
-# KEYS: registry. ARGV: projection. The generation under construction (a new one past every
-# generation in use, or the one already announced); 0 while a retired one awaits its drop.
+# KEYS: registry. ARGV: projection, embedding model ('': the live generation's). The
+# generation under construction (a new one past every generation in use, or the one already
+# announced: -1 if that one has another model); 0 while a retired one awaits its drop.
 ANNOUNCE_LUA = """
 local building = redis.call('HGET', KEYS[1], ARGV[1] .. ':building')
-if building then return tonumber(building) end
+local live = redis.call('HGET', KEYS[1], ARGV[1]) or '1'
+local model = ARGV[2]
+if model == '' then model = redis.call('HGET', KEYS[1], ARGV[1] .. ':model:' .. live) or '' end
+if building then
+  local current = redis.call('HGET', KEYS[1], ARGV[1] .. ':model:' .. building) or ''
+  if current ~= model then return -1 end
+  return tonumber(building)
+end
 if redis.call('HEXISTS', KEYS[1], ARGV[1] .. ':retired') == 1 then return 0 end
-local next = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '1') + 1
+local next = tonumber(live) + 1
 redis.call('HSET', KEYS[1], ARGV[1] .. ':building', next)
+if model ~= '' then redis.call('HSET', KEYS[1], ARGV[1] .. ':model:' .. next, model) end
 redis.call('HINCRBY', KEYS[1], 'epoch', 1)
 return next
 """
@@ -126,9 +136,15 @@ class Registry:
     writing: Mapping[str, int] = field(default_factory=dict)
     """The generation being built once it is emptied and takes every batch."""
     retired: Mapping[str, Retired] = field(default_factory=dict)
+    models: Mapping[tuple[str, int], str] = field(default_factory=dict)
+    """The embedding model of each generation kept in another model than the enricher's."""
 
     def live_of(self, name: str) -> int:
         return self.live.get(name, FIRST)
+
+    def model_of(self, name: str, generation: int) -> str | None:
+        """The generation's embedding model; None: the enricher's."""
+        return self.models.get((name, generation))
 
     def active(self, name: str) -> tuple[int, ...]:
         """The generations a batch of ``name`` goes to: the live one, then the one being
@@ -143,6 +159,7 @@ async def read_registry(redis: aioredis.Redis) -> Registry:
     building: dict[str, int] = {}
     writing: dict[str, int] = {}
     retired: dict[str, Retired] = {}
+    models: dict[tuple[str, int], str] = {}
     epoch = 0
     for raw_key, raw_value in fields.items():
         key, value = raw_key.decode(), raw_value.decode()
@@ -155,16 +172,21 @@ async def read_registry(redis: aioredis.Redis) -> Registry:
             building[name] = int(value)
         elif role == "writing":
             writing[name] = int(value)
+        elif role.startswith("model:"):
+            models[(name, int(role.removeprefix("model:")))] = value
         elif role == "retired":
             generation, switched = value.split()
             retired[name] = Retired(generation=int(generation), switched_ms=int(switched))
-    return Registry(epoch=epoch, live=live, building=building, writing=writing, retired=retired)
+    return Registry(
+        epoch=epoch, live=live, building=building, writing=writing, retired=retired, models=models
+    )
 
 
-async def announce(redis: aioredis.Redis, name: str) -> int:
-    """Start building the next generation of ``name`` (or join the build under way); 0
-    while the generation the last rebuild replaced is still to be dropped."""
-    return int(await redis.eval(ANNOUNCE_LUA, 1, GENERATIONS_KEY, name))
+async def announce(redis: aioredis.Redis, name: str, model: str | None = None) -> int:
+    """Start building the next generation of ``name`` (or join the build under way), in
+    ``model`` (None: the live generation's); 0 while the generation the last rebuild
+    replaced is still to be dropped, -1 while one in another model is being built."""
+    return int(await redis.eval(ANNOUNCE_LUA, 1, GENERATIONS_KEY, name, model or ""))
 
 
 async def switch(redis: aioredis.Redis, name: str, generation: int, holder: str) -> bool:
@@ -223,6 +245,7 @@ class Generations:
         self.name = name
         self._open = open_generation
         self._stores: dict[int, Projection] = {FIRST: first}
+        self._registry = Registry()
         self.live = FIRST
         self._started: set[int] = set()
         self._epoch = -1
@@ -239,10 +262,10 @@ class Generations:
     async def attach(self, redis: aioredis.Redis, consumer: str) -> None:
         """Before start: take the live generation as the registry has it now."""
         self._consumer = consumer
-        registry = await read_registry(redis)
+        registry = self._registry = await read_registry(redis)
         live = registry.live_of(self.name)
-        if live != self.live:
-            self._stores = {live: self._open(live)}
+        if live != self.live or registry.model_of(self.name, live) is not None:
+            self._stores = {live: self._open(live, registry.model_of(self.name, live))}
             self.live = live
             self._active = (live,)
 
@@ -258,7 +281,8 @@ class Generations:
     async def store_of(self, generation: int) -> Projection:
         """The started store of ``generation`` (opened here if this worker had none)."""
         if generation not in self._stores:
-            self._stores[generation] = self._open(generation)
+            model = self._registry.model_of(self.name, generation)
+            self._stores[generation] = self._open(generation, model)
         await self._start(generation)
         return self._stores[generation]
 
@@ -272,6 +296,7 @@ class Generations:
         the live one first."""
         registry = await read_registry(redis)
         if registry.epoch > self._epoch:
+            self._registry = registry
             self._epoch = registry.epoch
             self._active = registry.active(self.name)
             self.live = registry.live_of(self.name)
@@ -380,6 +405,7 @@ class _Steps:
     async def one(self) -> bool:
         """Build, or drop, under the projection's lease if there is work; whether there was."""
         redis, name, policy = self.redis, self.generations.name, self.policy
+        await self.generations.follow(redis)  # the new generation's model, among others
         registry = await read_registry(redis)
         building = registry.building.get(name)
         retired = registry.retired.get(name)
@@ -473,5 +499,6 @@ async def _drop(
     store = await generations.store_of(retired.generation)
     await store.drop()
     await generations.release(retired.generation)
-    await redis.hdel(GENERATIONS_KEY, f"{generations.name}:retired")
+    name = generations.name
+    await redis.hdel(GENERATIONS_KEY, f"{name}:retired", f"{name}:model:{retired.generation}")
     _log.info("%s: generation %d dropped", generations.name, retired.generation)

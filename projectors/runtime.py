@@ -443,7 +443,11 @@ class Worker:
     async def _apply(
         self, projector: Projector, stream: str, batch: Sequence[Entry], *, reclaimed: bool
     ) -> None:
-        transient = (*projector.transient_errors, *LOG_SERVER_ERRORS)
+        transient: tuple[type[BaseException], ...] = (
+            *projector.transient_errors,
+            *LOG_SERVER_ERRORS,
+            StoreUnavailableError,
+        )
         delay = self.settings.retry_initial_s
         while True:
             started = time.perf_counter()

@@ -468,12 +468,19 @@ class HotIndexes:
         self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self.use(history, vectors)
 
-    def use(self, history: HistoryStore, vectors: VectorSource | None) -> None:
+    def use(
+        self, history: HistoryStore, vectors: VectorSource | None, *, vectors_changed: bool = False
+    ) -> None:
         """Copy from these stores from now on (a rebuild switched a generation live).
 
         The copies made so far stay: a new generation holds what the old one held for the
-        same log positions, so their watermarks mean the same there.
+        same log positions, so their watermarks mean the same there. Unless its vectors are
+        another model's (``vectors_changed``): then they go, and load anew.
         """
+        if vectors_changed:
+            self._copies.clear()
+            for loading in self._loading.values():  # from the old vectors
+                loading.cancel()
         self._history = history
         self._feeds = [
             _Feed(

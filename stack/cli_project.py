@@ -12,11 +12,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedCo
 from rich.table import Table
 
 from projectors.deadletter import list_dead_letters, retry_dead_letters
+from projectors.enrichment.models import MODELS, check_model
 from projectors.lag import GroupState, group_states
 from schemas.errors import ConfigurationError
 from stack import rebuilding, worker_pool
 from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
-from stack.projections import NOT_REBUILT, PROJECTORS, reads_enriched, rebuilt_in_place, select
+from stack.projections import (
+    NOT_REBUILT,
+    PROJECTORS,
+    VECTOR_STORES,
+    reads_enriched,
+    rebuilt_in_place,
+    select,
+)
 from stack.settings import Settings
 from stack.verifying import erased_residue, verify_now
 
@@ -124,6 +132,13 @@ def rebuild(
         float,
         typer.Option(min=0, help="Exit 1 if not done after this many seconds (0: no limit)."),
     ] = 0,
+    model: Annotated[
+        str | None,
+        typer.Option(
+            help=f"Keep the new generation in this embedding model ({', '.join(MODELS)}); "
+            "vector projections only. Default: the live generation's."
+        ),
+    ] = None,
     json: JsonFlag = False,
 ) -> None:
     """Build a new generation of one projection beside the live one, then switch to it.
@@ -139,6 +154,10 @@ def rebuild(
             f"the {name} is not rebuilt: it holds the stored vectors and events others replay"
         )
     select(settings, [name])
+    if model is not None:
+        check_model(model)
+        if name not in VECTOR_STORES or rebuilt_in_place(settings, name):
+            raise ConfigurationError(f"--model applies to {', '.join(sorted(VECTOR_STORES))}")
     with Progress(
         "[progress.description]{task.description}",
         MofNCompleteColumn(),
@@ -163,7 +182,7 @@ def rebuild(
                     " stream"
                 )
             return
-        state = asyncio.run(_blue_green(settings, name, progress, wait, timeout))
+        state = asyncio.run(_blue_green(settings, name, model, progress, wait, timeout))
     if json:
         print_json(
             {
@@ -188,11 +207,16 @@ def rebuild(
 
 
 async def _blue_green(
-    settings: Settings, name: str, progress: Progress, wait: bool, limit_s: float
+    settings: Settings,
+    name: str,
+    model: str | None,
+    progress: Progress,
+    wait: bool,
+    limit_s: float,
 ) -> rebuilding.RebuildState:
     redis = aioredis.Redis.from_url(settings.require_redis())
     try:
-        generation = await rebuilding.start_rebuild(redis, name)
+        generation = await rebuilding.start_rebuild(redis, name, model)
         state = await rebuilding.rebuild_state(redis, name)
         if not wait:
             return state

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
+from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
 from projectors.enricher import Enricher
+from projectors.enrichment.embedder import MODEL_NAME
 from projectors.generations import FIRST, read_registry
 from projectors.hooks import Middleware
 from projectors.projector import Projector, StoreProjector
@@ -19,6 +21,9 @@ from projectors.store import Projection
 from schemas.constants import ARCHIVE, ENRICHER
 from schemas.errors import ConfigurationError
 from stack.settings import Settings
+
+if TYPE_CHECKING:
+    from projectors.enrichment.models import OnnxEmbedder
 
 STORES = (ARCHIVE, "postgres", "mongo", "pgvector", "qdrant", "graph", "weaviate")
 """Projection names, in the order status and verify list them."""
@@ -140,5 +145,33 @@ def build_projector(settings: Settings, name: str, hooks: Middleware) -> Project
     return StoreProjector(store, name=name, open_generation=partial(_generation, settings, name))
 
 
-def _generation(settings: Settings, name: str, generation: int) -> Projection:
-    return build_store(settings, name, generation=generation)
+VECTOR_STORES = frozenset({"pgvector", "qdrant", "weaviate"})
+"""Projections whose generations may be kept in another embedding model."""
+
+
+def _generation(settings: Settings, name: str, generation: int, model: str | None) -> Projection:
+    store = build_store(settings, name, generation=generation)
+    if model is None or model == MODEL_NAME:
+        return store
+    from projectors.enrichment.models import OnnxEmbedder
+    from projectors.enrichment.reembedding import ReembeddingProjection
+    from projectors.stores.archive import PostgresArchiveStore
+
+    archive = build_store(settings, ARCHIVE, pool_size=1)
+    assert isinstance(archive, PostgresArchiveStore)
+    embedder = _embedders.get(model)
+    if embedder is None:
+        threads = settings.embed_threads or 1
+        embedder = _embedders[model] = OnnxEmbedder.load(
+            model, settings.home / "models", threads=threads
+        )
+    return ReembeddingProjection(
+        store,
+        embedder=embedder,
+        archive=archive,
+        redis=aioredis.Redis.from_url(settings.require_redis()),
+    )
+
+
+_embedders: dict[str, OnnxEmbedder] = {}
+"""One embedder per model and process, shared by the generations kept in it."""

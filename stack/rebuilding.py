@@ -29,7 +29,7 @@ from projectors.store import Projection
 from projectors.stores.archive import PostgresArchiveStore
 from projectors.streams import pages
 from schemas.constants import ARCHIVE, generation_progress_key, group_name, log_key
-from schemas.errors import ValidationError
+from schemas.errors import ConfigurationError, ValidationError
 from stack.projections import build_store, reads_enriched
 from stack.settings import Settings
 
@@ -99,13 +99,18 @@ class RebuildState:
         return self.building is None and self.retiring is None
 
 
-async def start_rebuild(redis: aioredis.Redis, name: str) -> int:
-    """Announce ``name``'s next generation (or join the build under way); its number.
+async def start_rebuild(redis: aioredis.Redis, name: str, model: str | None = None) -> int:
+    """Announce ``name``'s next generation, in ``model`` (None: the live one's), or join the
+    build under way; its number.
 
     Waits while the generation the last rebuild replaced is still being dropped.
     """
     while True:
-        generation = await announce(redis, name)
+        generation = await announce(redis, name, model)
+        if generation < 0:
+            raise ConfigurationError(
+                f"a rebuild of {name} in another model is under way: let it finish first"
+            )
         if generation:
             return generation
         await asyncio.sleep(POLL_S)

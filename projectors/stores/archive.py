@@ -20,12 +20,13 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 
 from projectors.errors import ArchiveError
 from projectors.position import Position
 from projectors.records import VECTOR_DTYPE, Digest, Enrichment, Record
-from projectors.stores.postgres import NOT_ERASED, Connection, PostgresProjection
+from projectors.stores.postgres import NOT_ERASED, Connection, PostgresProjection, lock_sessions
 from schemas.codec import decode
 from schemas.constants import ARCHIVE
 from schemas.events import MessageAppended
@@ -146,6 +147,54 @@ class PostgresArchiveStore(PostgresProjection):
             "SELECT count(*) FROM amem_events WHERE event_type = 'message.appended'"
         )
         return int(value)
+
+    async def model_vectors(
+        self, keys: Sequence[tuple[str, str, str]], model: str
+    ) -> dict[tuple[str, str, str], npt.NDArray[np.float32]]:
+        """The archived vectors by ``model`` of the given messages (tenant, session, id)."""
+        rows = await self._pool.fetch(
+            """SELECT e.tenant_id, e.session_id, e.message_id, e.vector
+               FROM amem_enrichments e
+               JOIN unnest($1::text[], $2::text[], $3::text[]) AS k(t, s, m)
+                 ON e.tenant_id = k.t AND e.session_id = k.s AND e.message_id = k.m
+               WHERE e.model = $4""",
+            [k[0] for k in keys],
+            [k[1] for k in keys],
+            [k[2] for k in keys],
+            model,
+        )
+        return {(r[0], r[1], r[2]): np.frombuffer(r[3], dtype=VECTOR_DTYPE) for r in rows}
+
+    async def add_model_vectors(
+        self, messages: Sequence[Record], vectors: npt.NDArray[np.float32], model: str
+    ) -> int:
+        """Archive ``model``'s vectors of ``messages`` (row ``i`` is message ``i``'s) unless
+        archived already or erased; how many rows were added. Under the sessions' locks,
+        so an erase cannot slip between the tombstone check and the insert."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await lock_sessions(conn, {r.session for r in messages})
+            status = await conn.execute(
+                f"""INSERT INTO amem_enrichments ({_ENRICHMENT_COLUMNS})
+                SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                                     $7::bigint[], $8::int[], $9::jsonb[], $10::bytea[])
+                     AS m({_ENRICHMENT_COLUMNS})
+                WHERE {NOT_ERASED}
+                ON CONFLICT DO NOTHING""",
+                self.projector,
+                [r.event.tenant_id for r in messages],
+                [r.event.session_id for r in messages],
+                [r.message.message.id for r in messages],
+                [model] * len(messages),
+                [r.position.ms for r in messages],
+                [r.position.seq for r in messages],
+                [r.enrichment.tokens if r.enrichment else 0 for r in messages],
+                [
+                    orjson.dumps(list(r.enrichment.entities) if r.enrichment else []).decode()
+                    for r in messages
+                ],
+                [np.asarray(v, dtype=VECTOR_DTYPE).tobytes() for v in vectors],
+            )
+        return int(status.split()[-1])
 
     async def records(
         self,

@@ -257,7 +257,7 @@ class PostgresProjection(Projection):
             return
         messages, erasures, redactions = split(records)
         async with self._pool.acquire() as conn, conn.transaction():
-            await _lock_sessions(conn, {r.session for r in records})
+            await lock_sessions(conn, {r.session for r in records})
             if erasures:
                 latest = latest_erasures(erasures)
                 await self._write_tombstones(conn, latest)
@@ -374,7 +374,7 @@ class PostgresProjection(Projection):
         return digest
 
 
-async def _lock_sessions(conn: Connection, sessions: set[SessionKey]) -> None:
+async def lock_sessions(conn: Connection, sessions: set[SessionKey]) -> None:
     # Sorted, so two transactions over overlapping sessions cannot deadlock.
     keys = sorted(f"{t}|{s}" for t, s in sessions)
     await conn.execute(

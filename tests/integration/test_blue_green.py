@@ -14,16 +14,20 @@ serve reads while they also replay a projection.
 from __future__ import annotations
 
 import asyncio
+import json
 from contextlib import AsyncExitStack
 from dataclasses import replace
+from pathlib import Path
 
 import asyncpg
 import pytest
 import redis.asyncio as aioredis
 
-from projectors.generations import read_registry
+from projectors.enrichment.models import INT8_MODEL
+from projectors.generations import Registry, read_registry
 from rehydrator.context import Context
 from rehydrator.rehydrate import Rehydrator
+from schemas.constants import model_embedded_key
 from stack.rehydration import open_rehydrator
 from stack.settings import Settings
 from tests.conftest import LOCOMO
@@ -39,6 +43,8 @@ QUESTIONS = (
 )
 Shape = dict[tuple[str, str], int]
 """Per rehydrator and question: the dense candidates of a call."""
+Models = dict[str, str]
+"""Per rehydrator: the model its last call embedded the query with."""
 
 
 @pytest.fixture
@@ -59,18 +65,23 @@ def shape(context: Context) -> int:
     return counts["dense"]  # from the in-memory copy or from a vector store, the same hits
 
 
-async def ask_all(rehydrators: list[Rehydrator]) -> Shape:
+async def ask_all(rehydrators: list[Rehydrator], models: Models | None = None) -> Shape:
     shapes: Shape = {}
     for i, rehydrator in enumerate(rehydrators):
         for session, question in QUESTIONS:
             context = await rehydrator.rehydrate("default", session, question, 1000)
             shapes[(f"{i}:{session}", question)] = shape(context)
+            if models is not None:
+                models[str(i)] = next(r.store or "" for r in context.tiers if r.tier == "embedding")
     return shapes
 
 
-async def under_load(env: dict[str, str], names: list[str]) -> tuple[int, dict[str, int]]:
-    """Rebuild each of ``names`` in turn while the rehydrators read; calls made, and the
-    live generation of each projection at the end."""
+async def under_load(
+    env: dict[str, str], rebuilds: list[tuple[str, ...]], models: Models | None = None
+) -> tuple[int, Registry]:
+    """Run each rebuild (``amem project rebuild`` arguments) in turn while the rehydrators
+    read; calls made, and the registry at the end. ``models`` gets the query model of each
+    rehydrator's last call."""
     settings = Settings.from_env(env)
     async with AsyncExitStack() as stack:
         rehydrators = [
@@ -92,13 +103,15 @@ async def under_load(env: dict[str, str], names: list[str]) -> tuple[int, dict[s
         async def load() -> None:
             nonlocal calls
             while not stop.is_set():
-                assert await ask_all(rehydrators) == baseline
+                assert await ask_all(rehydrators, models) == baseline
                 calls += 1
 
         reading = asyncio.create_task(load())
         try:
-            for name in names:
-                done = await asyncio.to_thread(amem, env, "project", "rebuild", name, "--json")
+            for arguments in rebuilds:
+                done = await asyncio.to_thread(
+                    amem, env, "project", "rebuild", *arguments, "--json"
+                )
                 assert done.returncode == 0, done.stderr
                 assert not reading.done()
             # Calls after the last drop read only the new generations.
@@ -106,22 +119,12 @@ async def under_load(env: dict[str, str], names: list[str]) -> tuple[int, dict[s
         finally:
             stop.set()
             await reading
+        await ask_all(rehydrators, models)  # after the last drop: the new generations only
         redis = aioredis.Redis.from_url(settings.require_redis())
         try:
-            registry = await read_registry(redis)
-            graphs = await redis.execute_command("GRAPH.LIST")  # type: ignore[no-untyped-call]
-            assert graphs == [b"amem_g2"]  # the old one is dropped
+            return calls, await read_registry(redis)
         finally:
             await redis.aclose()
-        conn = await asyncpg.connect(settings.require_postgres())
-        try:  # the first generation lives in public, shared: dropping it empties its tables
-            assert await conn.fetchval("SELECT count(*) FROM public.amem_vectors") == 0
-            assert await conn.fetchval("SELECT count(*) FROM amem_pgvector_g2.amem_vectors") == (
-                LOCOMO_MESSAGES
-            )
-        finally:
-            await conn.close()
-        return calls, {name: registry.live_of(name) for name in names}
 
 
 @pytest.mark.timeout(900)
@@ -130,9 +133,75 @@ def test_rebuilds_switch_generations_without_a_reader_noticing(env: dict[str, st
     run_ok(env, "project", "start")
     run_ok(env, "project", "wait", "--timeout", "400")
 
-    calls, live = asyncio.run(under_load(env, ["pgvector", "graph", "qdrant"]))
+    calls, registry = asyncio.run(under_load(env, [("pgvector",), ("graph",), ("qdrant",)]))
     assert calls > 3, calls  # the load ran across every rebuild
-    assert live == {"pgvector": 2, "graph": 2, "qdrant": 2}
+    assert [registry.live_of(n) for n in ("pgvector", "graph", "qdrant")] == [2, 2, 2]
+    asyncio.run(old_generations_dropped(Settings.from_env(env)))
     counts = verified(env)
     assert set(counts.values()) == {LOCOMO_MESSAGES}, counts
     assert embedded(env) == LOCOMO_MESSAGES  # no rebuild embedded anything
+
+
+async def old_generations_dropped(settings: Settings) -> None:
+    redis = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        graphs = await redis.execute_command("GRAPH.LIST")  # type: ignore[no-untyped-call]
+        assert graphs == [b"amem_g2"]
+    finally:
+        await redis.aclose()
+    conn = await asyncpg.connect(settings.require_postgres())
+    try:  # the first generation lives in public, shared: dropping it empties its tables
+        assert await conn.fetchval("SELECT count(*) FROM public.amem_vectors") == 0
+        assert await conn.fetchval("SELECT count(*) FROM amem_pgvector_g2.amem_vectors") == (
+            LOCOMO_MESSAGES
+        )
+    finally:
+        await conn.close()
+
+
+async def model_rows(settings: Settings, model: str) -> tuple[int, int]:
+    """Messages archived with a vector of ``model``, and the count of those embedded."""
+    conn = await asyncpg.connect(settings.require_postgres())
+    try:
+        rows = await conn.fetchval("SELECT count(*) FROM amem_enrichments WHERE model = $1", model)
+    finally:
+        await conn.close()
+    redis = aioredis.Redis.from_url(settings.require_redis())
+    try:
+        embedded = int(await redis.get(model_embedded_key(model)) or 0)
+    finally:
+        await redis.aclose()
+    return int(rows), embedded
+
+
+@pytest.mark.timeout(900)
+def test_a_model_swap_embeds_each_message_once_and_rehydrate_reads_it(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    assert run_ok(env, "import", str(LOCOMO))["appended"] == LOCOMO_MESSAGES
+    run_ok(env, "project", "start")
+    run_ok(env, "project", "wait", "--timeout", "400")
+    settings = Settings.from_env(env)
+
+    models: Models = {}
+    calls, registry = asyncio.run(under_load(env, [("pgvector", "--model", INT8_MODEL)], models))
+    assert calls > 0
+    assert registry.model_of("pgvector", registry.live_of("pgvector")) == INT8_MODEL
+    assert models == {"0": INT8_MODEL, "1": INT8_MODEL}  # both rehydrators query with it
+    assert asyncio.run(model_rows(settings, INT8_MODEL)) == (LOCOMO_MESSAGES, LOCOMO_MESSAGES)
+
+    # Messages appended after the swap: the enricher embeds them with its model, pgvector's
+    # generation with the new one, each once.
+    later = tmp_path / "later.jsonl"
+    later.write_text(
+        "".join(
+            json.dumps({"session_id": "after-swap", "role": "user", "content": f"note {i}"}) + "\n"
+            for i in range(20)
+        )
+    )
+    run_ok(env, "import", str(later))
+    run_ok(env, "project", "wait", "--timeout", "400")
+    total = LOCOMO_MESSAGES + 20
+    assert asyncio.run(model_rows(settings, INT8_MODEL)) == (total, total)
+    assert set(verified(env).values()) == {total}
+    assert embedded(env) == total  # the enricher's own count: once per message
