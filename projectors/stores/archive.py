@@ -62,6 +62,15 @@ _ENRICHMENT_COLUMNS = (
     "tenant_id, session_id, message_id, model, pos_ms, pos_seq, tokens, entities, vector"
 )
 
+INSERT_ENRICHMENTS = f"""INSERT INTO amem_enrichments ({_ENRICHMENT_COLUMNS})
+    SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
+                         $7::bigint[], $8::int[], $9::jsonb[], $10::bytea[])
+         AS m({_ENRICHMENT_COLUMNS})
+    WHERE {NOT_ERASED}
+    ON CONFLICT DO NOTHING"""
+"""Enrichment rows (``$1`` the projector, then one array per column) unless archived or
+erased."""
+
 
 def event_columns(records: Sequence[Record]) -> list[list[Any]]:
     """Partition, position, tenant, session, type and envelope of each event, as columns."""
@@ -108,12 +117,7 @@ class PostgresArchiveStore(PostgresProjection):
         if not enriched:
             return
         await conn.execute(
-            f"""INSERT INTO amem_enrichments ({_ENRICHMENT_COLUMNS})
-            SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
-                                 $7::bigint[], $8::int[], $9::jsonb[], $10::bytea[])
-                 AS m({_ENRICHMENT_COLUMNS})
-            WHERE {NOT_ERASED}
-            ON CONFLICT DO NOTHING""",
+            INSERT_ENRICHMENTS,
             self.projector,
             [r.event.tenant_id for r, _ in enriched],
             [r.event.session_id for r, _ in enriched],
@@ -174,12 +178,7 @@ class PostgresArchiveStore(PostgresProjection):
         async with self._pool.acquire() as conn, conn.transaction():
             await lock_sessions(conn, {r.session for r in messages})
             status = await conn.execute(
-                f"""INSERT INTO amem_enrichments ({_ENRICHMENT_COLUMNS})
-                SELECT * FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::bigint[],
-                                     $7::bigint[], $8::int[], $9::jsonb[], $10::bytea[])
-                     AS m({_ENRICHMENT_COLUMNS})
-                WHERE {NOT_ERASED}
-                ON CONFLICT DO NOTHING""",
+                INSERT_ENRICHMENTS,
                 self.projector,
                 [r.event.tenant_id for r in messages],
                 [r.event.session_id for r in messages],

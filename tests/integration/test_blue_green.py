@@ -30,9 +30,15 @@ from rehydrator.rehydrate import Rehydrator
 from schemas.constants import model_embedded_key
 from stack.rehydration import open_rehydrator
 from stack.settings import Settings
-from tests.conftest import LOCOMO
 from tests.integration.test_cli import amem
-from tests.integration.test_project_cli import LOCOMO_MESSAGES, embedded, fresh, run_ok, verified
+from tests.integration.test_project_cli import (
+    LOCOMO_MESSAGES,
+    embedded,
+    fresh,
+    locomo_projected,
+    run_ok,
+    verified,
+)
 
 __all__ = ["fresh"]  # the fixture, imported to be used here
 
@@ -129,9 +135,7 @@ async def under_load(
 
 @pytest.mark.timeout(900)
 def test_rebuilds_switch_generations_without_a_reader_noticing(env: dict[str, str]) -> None:
-    assert run_ok(env, "import", str(LOCOMO))["appended"] == LOCOMO_MESSAGES
-    run_ok(env, "project", "start")
-    run_ok(env, "project", "wait", "--timeout", "400")
+    locomo_projected(env)
 
     calls, registry = asyncio.run(under_load(env, [("pgvector",), ("graph",), ("qdrant",)]))
     assert calls > 3, calls  # the load ran across every rebuild
@@ -178,9 +182,7 @@ async def model_rows(settings: Settings, model: str) -> tuple[int, int]:
 def test_a_model_swap_embeds_each_message_once_and_rehydrate_reads_it(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    assert run_ok(env, "import", str(LOCOMO))["appended"] == LOCOMO_MESSAGES
-    run_ok(env, "project", "start")
-    run_ok(env, "project", "wait", "--timeout", "400")
+    locomo_projected(env)
     settings = Settings.from_env(env)
 
     models: Models = {}

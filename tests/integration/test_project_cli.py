@@ -39,6 +39,13 @@ def embedded(env: dict[str, str]) -> int:
     return int(projectors["embedded"])
 
 
+def locomo_projected(env: dict[str, str]) -> None:
+    """The LoCoMo import appended, and projected everywhere by workers left running."""
+    assert run_ok(env, "import", str(LOCOMO))["appended"] == LOCOMO_MESSAGES
+    run_ok(env, "project", "start")
+    run_ok(env, "project", "wait", "--timeout", "400")
+
+
 def verified(env: dict[str, str]) -> dict[str, int]:
     report = run_ok(env, "verify")
     assert report["ok"], report
@@ -52,9 +59,7 @@ def test_locomo_is_projected_everywhere_embedded_once_and_a_rebuild_embeds_nothi
     fresh: dict[str, str],
 ) -> None:
     env = fresh
-    assert run_ok(env, "import", str(LOCOMO))["appended"] == LOCOMO_MESSAGES
-    run_ok(env, "project", "start")
-    run_ok(env, "project", "wait", "--timeout", "400")
+    locomo_projected(env)
     counts = verified(env)
     assert set(counts) >= {"enricher", "postgres", "mongo", "pgvector", "qdrant", "graph"}
     assert set(counts.values()) == {LOCOMO_MESSAGES}

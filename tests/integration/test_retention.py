@@ -16,8 +16,14 @@ import redis.asyncio as aioredis
 from schemas.constants import group_name, log_key
 from stack.projections import build_live_store
 from stack.settings import Settings
-from tests.conftest import LOCOMO
-from tests.integration.test_project_cli import LOCOMO_MESSAGES, embedded, fresh, run_ok, verified
+from tests.integration.test_project_cli import (
+    LOCOMO_MESSAGES,
+    embedded,
+    fresh,
+    locomo_projected,
+    run_ok,
+    verified,
+)
 
 __all__ = ["fresh"]  # the fixture, imported to be used here
 
@@ -78,9 +84,7 @@ def replayed(env: dict[str, str], name: str) -> int:
 def test_a_stopped_projector_pins_the_trim_and_rebuilds_read_the_archive(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    assert run_ok(env, "import", str(LOCOMO))["appended"] == LOCOMO_MESSAGES
-    run_ok(env, "project", "start")
-    run_ok(env, "project", "wait", "--timeout", "400")
+    locomo_projected(env)
     run_ok(env, "project", "stop")
 
     # mongo stays stopped from here: what it has not acknowledged must stay in the log.
