@@ -201,3 +201,41 @@ async def test_a_purge_takes_the_erased_session_and_leaves_the_rest(
     assert await redis_client.exists(dedup_key(partition, "msg", "t", stays, f"{stays}-0"))
     assert not await redis_client.exists(dedup_key(partition, "msg", "t", "gone", "gone-0"))
     assert await redis_client.exists(dedup_key(partition, "msg", "t", "gone", "gone-5"))
+
+
+async def test_a_purge_of_a_redaction_takes_that_message_and_leaves_the_rest(
+    redis_client: aioredis.Redis, producer: Producer
+) -> None:
+    secret = "OPAL-HARBOUR-3"
+    partition = await append(producer, "kept", 4)
+    await producer.append_many(
+        [Message(tenant_id="t", session_id="kept", id="told", role="user", content=secret)]
+    )
+    redacted = await producer.redact("t", "kept", "told")
+    await append(producer, "kept", 2, first=4)
+    log, enriched = log_key(partition), enriched_key(partition)
+    forwarded = await enrich(redis_client, partition)
+    told = [
+        (i, f)
+        for i, f in cast(Entries, await redis_client.xrange(log))
+        if secret.encode() in f[b"event"]
+    ]
+    await dead_letter(redis_client, "postgres", log, [Refused(*told[0], "refused")])
+    await consume(redis_client, enriched, ARCHIVE, read=100, ack=100)
+    erasure = Erasure(
+        tenant_id="t",
+        session_id="kept",
+        partition=partition,
+        position=Position.parse(redacted.stream_id),
+        enriched_id=Position.parse(forwarded[redacted.stream_id.encode()]),
+        message_id="told",
+    )
+    assert await waiting_for(redis_client, erasure) == []
+    await purge(redis_client, erasure)
+    for stream in (log, enriched):
+        left = cast(Entries, await redis_client.xrange(stream))
+        assert not any(secret.encode() in v for _, f in left for v in f.values())
+        assert len(left) == 4 + 1 + 2  # the rest of the session and the redaction itself
+    assert await redis_client.xlen("amem:dlq:postgres") == 0
+    assert not await redis_client.exists(dedup_key(partition, "msg", "t", "kept", "told"))
+    assert await redis_client.exists(dedup_key(partition, "msg", "t", "kept", "kept-0"))
