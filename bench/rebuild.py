@@ -55,7 +55,7 @@ from projectors.runtime import Worker
 from rehydrator.rehydrate import Rehydrator
 from schemas.constants import ENRICHER
 from stack.embedded import control
-from stack.projections import build_store
+from stack.projections import build_store, open_generation
 from stack.rebuilding import fill_generation, rebuild_state, start_rebuild
 from stack.rehydration import open_rehydrator
 from stack.settings import Settings
@@ -150,7 +150,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     try:
         projectors: list[Projector] = [Enricher(embedder)]
         for name in STORES:
-            following = None if name == "archive" else partial(_generation, settings, name)
+            following = None if name == "archive" else partial(open_generation, settings, name)
             store = build_store(settings, name)
             projectors.append(StoreProjector(store, name=name, open_generation=following))
         worker = Worker(
@@ -197,10 +197,6 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "rebuilds": rebuilds,
         "verify": {v.projection: v.ok for v in verdicts},
     }
-
-
-def _generation(settings: Settings, name: str, generation: int) -> Any:
-    return build_store(settings, name, generation=generation)
 
 
 def markdown(report: dict[str, Any]) -> str:

@@ -142,14 +142,20 @@ def build_projector(settings: Settings, name: str, hooks: Middleware) -> Project
     store = build_store(settings, name)
     if name == ARCHIVE or rebuilt_in_place(settings, name):
         return StoreProjector(store, name=name)
-    return StoreProjector(store, name=name, open_generation=partial(_generation, settings, name))
+    return StoreProjector(
+        store, name=name, open_generation=partial(open_generation, settings, name)
+    )
 
 
 VECTOR_STORES = frozenset({"pgvector", "qdrant", "weaviate"})
 """Projections whose generations may be kept in another embedding model."""
 
 
-def _generation(settings: Settings, name: str, generation: int, model: str | None) -> Projection:
+def open_generation(
+    settings: Settings, name: str, generation: int, model: str | None
+) -> Projection:
+    """The store of one generation of ``name``, re-embedding in ``model`` when that is not
+    the enricher's (:mod:`projectors.enrichment.reembedding`)."""
     store = build_store(settings, name, generation=generation)
     if model is None or model == MODEL_NAME:
         return store
