@@ -38,6 +38,17 @@ async def _from_store(settings: Settings, name: str, tenant_id: str | None) -> D
         await store.close()
 
 
+async def _from_local_qdrant(settings: Settings, tenant_id: str | None) -> Digest:
+    """Qdrant's local files, or the worker holding them: one run by ``amem project run`` or
+    ``faststream run`` is not among the workers ``amem project start`` records."""
+    try:
+        return await _from_store(settings, "qdrant", tenant_id)
+    except RuntimeError as exc:
+        if "already accessed by another instance" not in str(exc):
+            raise
+        return await _from_worker(settings, "qdrant", tenant_id)
+
+
 async def _from_worker(settings: Settings, name: str, tenant_id: str | None) -> Digest:
     async with RedisBroker(settings.require_redis()) as broker:
         reply = await broker.request(
@@ -66,8 +77,10 @@ async def run_verify(
                 return lambda t: enriched_digest(
                     redis, partitions, tenant_id=t, limits=limits, archive=archive
                 )
-            if name == "qdrant" and qdrant_is_local(settings) and running(settings):
-                return lambda t: _from_worker(settings, name, t)
+            if name == "qdrant" and qdrant_is_local(settings):
+                if running(settings):
+                    return lambda t: _from_worker(settings, name, t)
+                return lambda t: _from_local_qdrant(settings, t)
             return lambda t: _from_store(settings, name, t)
 
         verdicts = await verify(expected, {n: source(n) for n in names}, tenant_id=tenant_id)
