@@ -52,7 +52,7 @@ Backfill = Callable[[StoreProjector, int, aioredis.Redis], Awaitable[int]]
 """Applies to the projector's store what the archive holds of a partition; the count."""
 
 Rebuild = Callable[
-    [StoreProjector, Projection, Callable[[int], Awaitable[None]], aioredis.Redis], Awaitable[int]
+    [StoreProjector, aioredis.Redis, Projection, Callable[[int], Awaitable[None]]], Awaitable[int]
 ]
 """Applies to a new generation's store of the projector everything appended so far (each
 stream, then the archive), telling the callback each count applied; the count."""
@@ -193,11 +193,7 @@ class Worker:
         self, projector: Projector, what: str, call: Callable[[], Awaitable[object]]
     ) -> None:
         """``call`` until it succeeds, backing off while the store or the log is away."""
-        transient: tuple[type[BaseException], ...] = (
-            *projector.transient_errors,
-            *LOG_SERVER_ERRORS,
-            StoreUnavailableError,
-        )
+        transient = _transient(projector)
         delay = self.settings.retry_initial_s
         while True:
             try:
@@ -239,7 +235,7 @@ class Worker:
                             p.generations,
                             group=p.group,
                             streams=[p.source_key(n) for n in range(self.settings.partitions)],
-                            replay=partial(_replay_into, rebuild, p, self.redis),
+                            replay=partial(rebuild, p, self.redis),
                             holder=self.consumer,
                             stopping=self._stopping,
                             policy=self.settings.rebuild,
@@ -443,11 +439,7 @@ class Worker:
     async def _apply(
         self, projector: Projector, stream: str, batch: Sequence[Entry], *, reclaimed: bool
     ) -> None:
-        transient: tuple[type[BaseException], ...] = (
-            *projector.transient_errors,
-            *LOG_SERVER_ERRORS,
-            StoreUnavailableError,
-        )
+        transient = _transient(projector)
         delay = self.settings.retry_initial_s
         while True:
             started = time.perf_counter()
@@ -555,11 +547,6 @@ class Worker:
             await self._consume(projector, partition, stream, retry_ids, retry_data, reclaimed=True)
 
 
-async def _replay_into(
-    rebuild: Rebuild,
-    projector: StoreProjector,
-    redis: aioredis.Redis,
-    store: Projection,
-    progress: Callable[[int], Awaitable[None]],
-) -> int:
-    return await rebuild(projector, store, progress, redis)
+def _transient(projector: Projector) -> tuple[type[BaseException], ...]:
+    """Errors meaning "the store or the log server is away": retried in place, never refused."""
+    return (*projector.transient_errors, *LOG_SERVER_ERRORS, StoreUnavailableError)

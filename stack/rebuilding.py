@@ -42,9 +42,9 @@ POLL_S = 0.25
 async def fill_generation(
     settings: Settings,
     projector: StoreProjector,
+    redis: aioredis.Redis,
     store: Projection,
     progress: Progress,
-    redis: aioredis.Redis,
 ) -> int:
     """What a worker replays into a new generation of ``projector``: per partition, its
     stream up to its last entry now, then what the archive holds before the stream's first
