@@ -24,6 +24,7 @@ import numpy as np
 import orjson
 import redis.asyncio as aioredis
 
+from logserver import connect
 from producer.importer import read_history
 from projectors.enricher import enriched_entry
 from projectors.enrichment.embedder import Embedder
@@ -97,7 +98,7 @@ async def enrich(settings: Settings, embedder: Embedder) -> int:
     """Write the enriched stream of every log entry the enricher has not taken yet, and
     move the enricher's group past them: what the enricher would do, each distinct text
     embedded once. Returns the entries written."""
-    client = aioredis.Redis.from_url(settings.require_redis())
+    client = connect(settings.require_redis())
     vectors: dict[str, bytes] = {}
     written = 0
     try:

@@ -47,6 +47,7 @@ import numpy as np
 import redis.asyncio as aioredis
 from retention import SyntheticVectors, caught_up, messages, save
 
+from logserver import connect
 from producer import Producer
 from projectors.enricher import Enricher
 from projectors.projector import Projector, StoreProjector
@@ -146,7 +147,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     control.up(Settings.from_env(env))
     settings = Settings.from_env(env)
     settings = replace(settings, rehydrate=replace(settings.rehydrate, hot_rows=0))
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     try:
         projectors: list[Projector] = [Enricher(embedder)]
         for name in STORES:

@@ -53,6 +53,7 @@ from typing import Any
 import numpy as np
 import redis.asyncio as aioredis
 
+from logserver import connect
 from producer import Producer
 from producer.importer import read_history
 from projectors.enricher import Enricher
@@ -141,7 +142,7 @@ async def one_run(
     }
     control.up(Settings.from_env(env))
     settings = Settings.from_env(env)
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     steps: list[dict[str, Any]] = []
     try:
         projectors: list[Projector] = [Enricher(embedder)]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -16,6 +19,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from logserver.client import connect, is_cluster
+from logserver.nodes import NodeClients, is_redirect
 from producer.errors import (
     DurabilityError,
     LogUnavailableError,
@@ -39,6 +44,10 @@ from schemas.partitioning import partition_for
 from schemas.validation import validate_event
 
 
+class _Redirected(Exception):
+    """The partition's slot is served by another node now (failover, resharding)."""
+
+
 @dataclass(frozen=True, slots=True)
 class AppendResult:
     stream_id: str
@@ -55,11 +64,15 @@ class _Prepared:
     payload: bytes
 
 
+def _retry(retries: int) -> Retry:
+    return Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries)
+
+
 def connect_redis(url: str, *, retries: int = 8) -> aioredis.Redis:
     """A client that reconnects with jittered exponential backoff on connection errors."""
-    return aioredis.Redis.from_url(
+    return connect(
         url,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.05, cap=2.0), retries),
+        retry=_retry(retries),
         retry_on_error=[RedisConnectionError, RedisTimeoutError],
         health_check_interval=30,
     )
@@ -73,6 +86,13 @@ class Producer:
         self.settings = settings or ProducerSettings()
         self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
         self._checked = False
+        # On a cluster each partition's calls go to its master's own connection, so that
+        # WAITAOF and WAIT there confirm them (logserver.nodes).
+        self._nodes = (
+            NodeClients(client, retry=_retry(1), retry_on_error=[RedisConnectionError])
+            if is_cluster(client)
+            else None
+        )
 
     @classmethod
     def from_url(cls, url: str, settings: ProducerSettings | None = None) -> Self:
@@ -92,6 +112,8 @@ class Producer:
         await self.close()
 
     async def close(self) -> None:
+        if self._nodes is not None:
+            await self._nodes.close()
         await self._client.aclose()
 
     async def check_log(self) -> None:
@@ -192,44 +214,102 @@ class Producer:
         self, prepared: list[_Prepared], durability: Durability
     ) -> list[tuple[list[_Prepared], Any]]:
         calls = self._calls(prepared)
+        if self._nodes is None:
+            return await self._send_to(self._client, calls, durability, replicas=0)
+        by_node: dict[str, list[list[_Prepared]]] = defaultdict(list)
+        for call in calls:
+            by_node[self._nodes.route(log_key(call[0].partition)).node].append(call)
+        sent = await asyncio.gather(
+            *(self._send_on_cluster(group, durability) for group in by_node.values())
+        )
+        return [pair for replies in sent for pair in replies]
+
+    async def _send_on_cluster(
+        self, calls: list[list[_Prepared]], durability: Durability
+    ) -> list[tuple[list[_Prepared], Any]]:
+        """Send the calls of one master's partitions there, following a failover: resending
+        is safe, the script appends each event once."""
+        assert self._nodes is not None
+        deadline = time.monotonic() + self.settings.failover_wait_s
+        delay = 0.05
+        while True:
+            route = self._nodes.route(log_key(calls[0][0].partition))
+            try:
+                return await self._send_to(
+                    route.client, calls, durability, replicas=min(route.replicas, 1)
+                )
+            except (LogUnavailableError, _Redirected) as exc:
+                if time.monotonic() > deadline:
+                    if isinstance(exc, LogUnavailableError):
+                        raise
+                    raise LogUnavailableError(
+                        f"partition {calls[0][0].partition} still unserved after"
+                        f" {self.settings.failover_wait_s} s: {exc}"
+                    ) from exc
+                self._log.info("%s: %s; resending after a topology refresh", route.node, exc)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 1.0)
+            with contextlib.suppress(RedisError):
+                await self._nodes.refresh()
+
+    async def _send_to(
+        self,
+        client: aioredis.Redis,
+        calls: list[list[_Prepared]],
+        durability: Durability,
+        *,
+        replicas: int,
+    ) -> list[tuple[list[_Prepared], Any]]:
         ttl = self.settings.dedup_window_s
+        timeout_ms = self.settings.fsync_timeout_ms
         commands: list[tuple[Any, ...]] = []
         for call in calls:
             keys = [log_key(call[0].partition), *(item.dedup_key for item in call)]
             args = [ttl, ENTRY_FIELD, *(item.payload for item in call)]
             commands.append(("EVALSHA", APPEND_SHA, len(keys), *keys, *args))
         if durability == "fsync":
-            commands.append(("WAITAOF", 1, 0, self.settings.fsync_timeout_ms))
+            commands.append(("WAITAOF", 1, 0, timeout_ms))
+            if replicas:
+                commands.append(("WAIT", replicas, timeout_ms))
         try:
             try:
-                replies = await self._execute(commands)
+                replies = await self._execute(client, commands)
             except NoScriptError:
                 # First use on this server (or after a restart without the script cache):
                 # load and resend; resending is safe because the script is idempotent.
-                await self._client.script_load(APPEND_LUA)
-                replies = await self._execute(commands)
+                await client.script_load(APPEND_LUA)
+                replies = await self._execute(client, commands)
         except (RedisConnectionError, RedisTimeoutError) as exc:
             raise LogUnavailableError(f"log server unreachable after retries: {exc}") from exc
         except ResponseError as exc:
+            if is_redirect(exc):
+                raise _Redirected(str(exc)) from exc
             if durability == "fsync" and "WAITAOF" in str(exc).upper():
                 raise DurabilityError(f"the log server cannot confirm fsync: {exc}") from exc
             raise ProducerError(f"the log server refused the append: {exc}") from exc
         except RedisError as exc:
             raise ProducerError(f"append failed: {exc}") from exc
         if durability == "fsync":
+            confirmed = int(replies.pop()) if replicas else replicas
             local, _replicas = replies.pop()
             if int(local) < 1:
                 raise DurabilityError(
-                    f"the log server did not confirm fsync within {self.settings.fsync_timeout_ms}"
+                    f"the log server did not confirm fsync within {timeout_ms}"
                     " ms (is appendonly on?); retrying the same messages is safe"
+                )
+            if confirmed < replicas:
+                raise DurabilityError(
+                    f"no replica confirmed the append within {timeout_ms} ms; retrying the"
+                    " same messages is safe"
                 )
         return list(zip(calls, replies, strict=True))
 
-    async def _execute(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+    @staticmethod
+    async def _execute(client: aioredis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
         if len(commands) == 1:
             # A lone command skips the pipeline's bookkeeping: this is the latency path.
-            return [await self._client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
-        async with self._client.pipeline(transaction=False) as pipe:
+            return [await client.execute_command(*commands[0])]  # type: ignore[no-untyped-call]
+        async with client.pipeline(transaction=False) as pipe:
             for command in commands:
                 pipe.execute_command(*command)
             return await pipe.execute()

@@ -29,4 +29,7 @@ class ProducerSettings:
     script_batch: int = 256
     """Entries sent in one script call by ``append_many``; bounds how long the server blocks."""
     reconnect_retries: int = 8
+    failover_wait_s: float = 30.0
+    """On a cluster: how long an append waits for its partition's slot to be served again
+    (a replica taking over a dead master) before it fails with ``LogUnavailableError``."""
     limits: Limits = field(default_factory=Limits)

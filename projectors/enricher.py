@@ -147,5 +147,10 @@ def enriched_entry(
 
 async def embedded_total(redis: aioredis.Redis, partitions: int) -> int:
     """Messages embedded and stored by the enricher, all partitions."""
-    values = await redis.mget([embedded_counter_key(n) for n in range(partitions)])
+    # One GET per partition in a pipeline, not MGET: on a cluster the counters live in the
+    # partitions' slots.
+    async with redis.pipeline(transaction=False) as pipe:
+        for n in range(partitions):
+            pipe.get(embedded_counter_key(n))
+        values = await pipe.execute()
     return sum(int(v) for v in values if v is not None)

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, cast
 
 import redis.asyncio as aioredis
 
+from logserver.nodes import used_memory
 from projectors.hooks import Middleware
 from projectors.position import Position
 from projectors.streams import pages
@@ -296,7 +297,6 @@ async def log_state(
             for key in (log_key(n), enriched_key(n)):
                 pipe.xlen(key)
                 pipe.xrange(key, count=1)
-        pipe.info("memory")
         replies = await pipe.execute()
     states = []
     for n in range(partitions):
@@ -313,7 +313,7 @@ async def log_state(
                 archived=(archived or {}).get(n),
             )
         )
-    return LogState(memory_bytes=int(replies[-1]["used_memory"]), partitions=states)
+    return LogState(memory_bytes=await used_memory(redis), partitions=states)
 
 
 Round = Callable[[aioredis.Redis], Awaitable[object]]

@@ -25,13 +25,14 @@ from typing import Any, cast
 import orjson
 import redis.asyncio as aioredis
 from faststream import AckPolicy, FastStream
-from faststream.redis import RedisBroker, StreamSub
+from faststream.redis import StreamSub
 from faststream.redis.annotations import RedisBatchStreamMessage
 from faststream.redis.parser import MessageFormat
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from logserver import broker, connect
 from projectors.deadletter import Refused, dead_letter, error_field
 from projectors.errors import StoreUnavailableError
 from projectors.generations import follow_rebuilds
@@ -114,7 +115,7 @@ class Worker:
         self._tasks: list[asyncio.Task[None]] = []
         self._reclaimers: list[asyncio.Task[None]] = []
         self._log = logging.getLogger(f"{__name__}.{type(self).__name__}")
-        self.broker = RedisBroker(
+        self.broker = broker(
             redis_url,
             graceful_timeout=settings.graceful_timeout_s,
             log_level=logging.DEBUG,  # one line per batch is noise at INFO
@@ -140,7 +141,7 @@ class Worker:
     # -- lifecycle ---------------------------------------------------------------------
 
     async def _on_startup(self) -> None:
-        self._redis = aioredis.Redis.from_url(self._redis_url)
+        self._redis = connect(self._redis_url)
         for projector in self.projectors:
             for partition in range(self.settings.partitions):
                 await self._until_log_answers(partial(self._create_group, projector, partition))

@@ -24,12 +24,14 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import cast
 
 import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
+from logserver.nodes import on_every_node
 from projectors.deadletter import ENTRY_PREFIX
 from projectors.position import Position
 from projectors.records import SOURCE_FIELD
@@ -211,11 +213,26 @@ async def purge_ready(redis: aioredis.Redis, partitions: int) -> list[tuple[Eras
 
 
 async def rewrite_log_files(redis: aioredis.Redis, *, timeout_s: float = 120.0) -> str:
-    """Have the server rewrite its append-only file from what it holds now.
+    """Have the server, or every node of a cluster (replicas too: each keeps its own
+    append-only file), rewrite its append-only file from what it holds now.
 
-    Returns ``rewritten``, or why not: no append-only file (Dragonfly persists by
-    snapshots; see docs/retention.md), or the server does not rewrite on demand.
+    Returns ``rewritten``, or why not (for a cluster, the first node that did not, named):
+    no append-only file (Dragonfly persists by snapshots; see docs/retention.md), or the
+    server does not rewrite on demand.
     """
+    outcomes = await on_every_node(redis, partial(_rewrite_node, timeout_s=timeout_s))
+    failed = [o for o in outcomes if o != REWRITTEN]
+    if not failed:
+        return REWRITTEN
+    return (
+        failed[0] if len(outcomes) == 1 else f"{len(failed)} of {len(outcomes)} nodes: {failed[0]}"
+    )
+
+
+REWRITTEN = "rewritten"
+
+
+async def _rewrite_node(redis: aioredis.Redis, *, timeout_s: float) -> str:
     try:
         persistence = await redis.info("persistence")
     except ResponseError:
@@ -238,7 +255,7 @@ async def rewrite_log_files(redis: aioredis.Redis, *, timeout_s: float = 120.0) 
         if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
             if info.get("aof_last_bgrewrite_status", "ok") != "ok":
                 return "the rewrite failed: see the server's log"
-            return "rewritten"
+            return REWRITTEN
         await asyncio.sleep(0.05)
     return f"still rewriting after {timeout_s:.0f} s"
 

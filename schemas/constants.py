@@ -119,8 +119,12 @@ def model_embedded_key(model: str) -> str:
 
 
 def generation_lease_key(projection: str) -> str:
-    """Held by the worker doing a rebuild step of ``projection`` (build or drop)."""
-    return f"{KEY_PREFIX}:generations:lease:{projection}"
+    """Held by the worker doing a rebuild step of ``projection`` (build or drop).
+
+    Its hash tag is the registry's whole name, so both share a Redis Cluster slot: the
+    scripts that switch generations check the lease and change the registry at once.
+    """
+    return f"{{{GENERATIONS_KEY}}}:lease:{projection}"
 
 
 def generation_progress_key(projection: str) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from rich.table import Table
 from producer import Producer
 from producer.importer import import_records, read_history
 from producer.settings import parse_durability
-from schemas.errors import ValidationError
+from schemas.errors import ConfigurationError, ValidationError
 from schemas.events import Message
 from schemas.validation import validate_message
 from stack import health, worker_pool
@@ -40,10 +41,25 @@ app.command()(serve)
 
 @app.command()
 @one_line_errors
-def up(json: JsonFlag = False) -> None:
+def up(
+    cluster: Annotated[
+        int,
+        typer.Option(
+            min=0,
+            help="Run the log server as a Redis Cluster of this many masters (fixed once"
+            " created; later `amem up` restarts it as it is).",
+        ),
+    ] = 0,
+    replicas: Annotated[
+        int, typer.Option(min=0, help="Replicas per master of the cluster (with --cluster).")
+    ] = 0,
+    json: JsonFlag = False,
+) -> None:
     """Start the embedded services under AMEM_HOME (harmless when they already run)."""
+    if replicas and not cluster:
+        raise ConfigurationError("--replicas needs --cluster")
     settings = Settings.from_env()
-    state = control.up(settings)
+    state = control.up(settings, cluster=cluster, replicas=replicas)
     urls = {f"{name}_url": rec.url for name, rec in state.services.items()}
     if json:
         print_json({"home": str(settings.home), **urls})
@@ -89,11 +105,22 @@ def status(json: JsonFlag = False) -> None:
             table.add_row(c.name, ok, c.detail, str(c.latency_ms or ""), c.url or "")
         out.print(table)
         if log is not None:
+            if len(log.nodes) > 1:
+                out.print(_nodes_table(log))
             out.print(_log_table(log))
         if projectors is not None:
             _print_projectors(projectors, worker_pool.running(settings))
     if not all(c.ok for c in checks):
         raise typer.Exit(1)
+
+
+def _nodes_table(log: health.LogStatus) -> Table:
+    """The cluster's nodes: role, slots, reachable."""
+    table = Table("node", "role", "slots", "up", title="log server: Redis Cluster")
+    for node in log.nodes:
+        role = node.role if node.master is None else f"replica of {node.master}"
+        table.add_row(node.address, role, node.slots, "[green]up[/]" if node.up else "[red]down[/]")
+    return table
 
 
 def _log_table(log: health.LogStatus) -> Table:
@@ -136,6 +163,7 @@ def _status_json(
             else {
                 "partitions": log.partitions,
                 "memory_bytes": log.state.memory_bytes,
+                "nodes": [asdict(node) for node in log.nodes],
                 "entries": [p.log.hot for p in log.state.partitions],
                 "total": sum(p.log.hot for p in log.state.partitions),
                 "streams": [

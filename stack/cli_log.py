@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from typing import Annotated
 
-import redis.asyncio as aioredis
 import typer
 from rich.table import Table
 
+from logserver import connect
 from projectors.retention import PartitionTrim, trim
 from schemas.errors import ConfigurationError
 from stack.cli_common import JsonFlag, one_line_errors, out, print_json
@@ -35,7 +35,7 @@ def trim_now(
         raise ConfigurationError("AMEM_LOG_RETAIN is off: nothing is ever trimmed")
 
     async def run() -> list[PartitionTrim]:
-        redis = aioredis.Redis.from_url(settings.require_redis())
+        redis = connect(settings.require_redis())
         try:
             return await trim(redis, settings.runtime.partitions, window, dry_run=dry_run)
         finally:

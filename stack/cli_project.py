@@ -6,11 +6,11 @@ import asyncio
 import time
 from typing import Annotated, Any
 
-import redis.asyncio as aioredis
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
 
+from logserver import connect
 from projectors.deadletter import list_dead_letters, retry_dead_letters
 from projectors.enrichment.models import MODELS, check_model
 from projectors.lag import GroupState, group_states
@@ -69,7 +69,7 @@ def stop(json: JsonFlag = False) -> None:
 
 
 async def _states(settings: Settings, names: list[str]) -> list[GroupState]:
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     try:
         return await group_states(redis, names, settings.runtime.partitions, reads_enriched)
     finally:
@@ -214,7 +214,7 @@ async def _blue_green(
     wait: bool,
     limit_s: float,
 ) -> rebuilding.RebuildState:
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     try:
         generation = await rebuilding.start_rebuild(redis, name, model)
         state = await rebuilding.rebuild_state(redis, name)
@@ -319,7 +319,7 @@ def dlq_list(
     settings = Settings.from_env()
 
     async def read() -> list[Any]:
-        redis = aioredis.Redis.from_url(settings.require_redis())
+        redis = connect(settings.require_redis())
         try:
             return [
                 letter
@@ -369,7 +369,7 @@ def dlq_retry(
     select(settings, [projector])
 
     async def retry() -> int:
-        redis = aioredis.Redis.from_url(settings.require_redis())
+        redis = connect(settings.require_redis())
         try:
             return await retry_dead_letters(redis, projector, ids)
         finally:

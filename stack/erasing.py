@@ -10,8 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-import redis.asyncio as aioredis
-
+from logserver import connect
 from producer import Producer
 from projectors.position import Position
 from projectors.stores.archive import PostgresArchiveStore
@@ -117,7 +116,7 @@ async def _erase(
     )
     if wait_s is None:
         return report
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     try:
         report.purged, report.left, report.log_files = await wait_and_purge(
             redis, report.erased, settings.runtime.partitions, timeout_s=wait_s
@@ -137,7 +136,7 @@ async def tenant_sessions(settings: Settings, tenant_id: str) -> list[str]:
         found = set(await archive.sessions(tenant_id))
     finally:
         await archive.close()
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     try:
         for n in range(settings.runtime.partitions):
             async for page in pages(redis, log_key(n)):

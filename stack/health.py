@@ -9,9 +9,10 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import asyncpg
-import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 
+from logserver import connect, is_cluster
+from logserver.nodes import NodeState, topology
 from projectors.enricher import embedded_total
 from projectors.generations import Registry, read_registry
 from projectors.lag import GroupState, dlq_size, group_states
@@ -37,10 +38,20 @@ class Health:
 
 
 async def _redis(url: str) -> str:
-    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT_S)
+    client = connect(url, socket_timeout=TIMEOUT_S)
     try:
-        info = await client.info("server")
-        return f"redis {info['redis_version']}"
+        if not is_cluster(client):
+            info = await client.info("server")
+            return f"redis {info['redis_version']}"
+        nodes = await topology(client)
+        masters = [n for n in nodes if n.role == "master" and n.up]
+        down = [n.address for n in nodes if not n.up]
+        detail = f"cluster: {len(masters)} masters, {len(nodes) - len(masters)} other nodes"
+        if down:
+            detail += f"; down: {', '.join(down)}"
+        if any(n.slots == "-" for n in masters) or not masters:
+            raise ConnectionError(detail + "; not every master serves slots")
+        return detail
     finally:
         await client.aclose()
 
@@ -98,17 +109,19 @@ class LogStatus:
     """As recorded in the log server; ``None`` before the first append."""
     state: LogState
     """Per partition, the streams' hot entries and oldest ids and the archive's position."""
+    nodes: list[NodeState]
+    """The log server's nodes: one for a single server, each of a cluster's."""
 
 
 async def log_status(settings: Settings, url: str) -> LogStatus:
-    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT_S)
+    client = connect(url, socket_timeout=TIMEOUT_S)
     try:
         recorded = await client.hget(META_KEY, META_PARTITIONS_FIELD)
         partitions = int(recorded) if recorded is not None else None
         state = await log_state(
             client, partitions or settings.producer.partitions, await _archived(settings)
         )
-        return LogStatus(partitions, state)
+        return LogStatus(partitions, state, await topology(client))
     finally:
         await client.aclose()
 
@@ -148,7 +161,7 @@ class ProjectorStatus:
 
 
 async def projector_status(url: str, names: Sequence[str], partitions: int) -> ProjectorStatus:
-    client = aioredis.Redis.from_url(url, socket_timeout=TIMEOUT_S)
+    client = connect(url, socket_timeout=TIMEOUT_S)
     try:
         groups = await group_states(client, names, partitions, reads_enriched)
         dead = {name: await dlq_size(client, name) for name in names}

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 import redis.asyncio as aioredis
 
+from logserver import LogServerUrl, connect
 from projectors.enricher import Enricher
 from projectors.enrichment.embedder import MODEL_NAME
 from projectors.generations import FIRST, read_registry
@@ -114,7 +115,9 @@ def build_store(
             )
         from projectors.stores.falkordb import FalkorDBGraphStore
 
-        return FalkorDBGraphStore(url=settings.require_redis(), graph=f"amem{suffix}")
+        # Inside the log server; on a cluster the graph's key lives on one node.
+        node_url = LogServerUrl.parse(settings.require_redis()).node_url
+        return FalkorDBGraphStore(url=node_url, graph=f"amem{suffix}")
     if name == "weaviate":
         from projectors.stores.weaviate import WeaviateVectorStore
 
@@ -175,7 +178,7 @@ def open_generation(
         store,
         embedder=embedder,
         archive=archive,
-        redis=aioredis.Redis.from_url(settings.require_redis()),
+        redis=connect(settings.require_redis()),
     )
 
 

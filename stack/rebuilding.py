@@ -19,6 +19,7 @@ from typing import cast
 
 import redis.asyncio as aioredis
 
+from logserver import connect
 from projectors.enrichment.embedder import MODEL_NAME
 from projectors.errors import StoreUnavailableError
 from projectors.generations import announce, read_registry
@@ -137,7 +138,7 @@ async def rebuild_in_place(settings: Settings, name: str, progress: Progress) ->
     store = build_store(settings, name)
     archive = build_store(settings, ARCHIVE)
     assert isinstance(archive, PostgresArchiveStore)
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     applied = 0
     try:
         await store.start()

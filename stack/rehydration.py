@@ -19,6 +19,7 @@ from typing import TypeVar
 import redis.asyncio as aioredis
 from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
+from logserver import connect
 from projectors.enrichment.embedder import MODEL_NAME
 from projectors.generations import Registry, read_registry
 from projectors.store import (
@@ -273,9 +274,7 @@ async def open_rehydrator(
     # The archive is no tier: context comes from the projections, the archive feeds replays.
     names = tuple(n for n in select(settings) if n != ARCHIVE)
     async with AsyncExitStack() as stack:
-        redis = aioredis.Redis.from_url(
-            settings.require_redis(), socket_connect_timeout=2, socket_timeout=5
-        )
+        redis = connect(settings.require_redis(), socket_connect_timeout=2, socket_timeout=5)
         stack.push_async_callback(redis.aclose)
         embedder = await asyncio.to_thread(
             QueryEmbedder.load, settings.home / "models", threads=settings.rehydrate_threads

@@ -52,6 +52,9 @@ class Settings:
     """onnxruntime threads of the query embedding (one query at a time: 1 keeps a core free)."""
     redis_appendfsync: str = "everysec"
     redis_port: int = 0
+    cluster_node_timeout_ms: int = 5000
+    """``cluster-node-timeout`` of an embedded cluster: how long a master may be unreachable
+    before its replica takes over."""
     mongo_port: int = 0
     api_keys: Mapping[str, str] = field(default_factory=dict, repr=False)
     """HTTP API key → tenant (``AMEM_API_KEYS``); empty: local mode, on loopback only."""
@@ -131,6 +134,7 @@ class Settings:
             producer=producer,
             redis_appendfsync=appendfsync,
             redis_port=_int(env, "AMEM_REDIS_PORT", 0, minimum=0),
+            cluster_node_timeout_ms=_int(env, "AMEM_CLUSTER_NODE_TIMEOUT_MS", 5000, minimum=100),
             mongo_port=_int(env, "AMEM_MONGO_PORT", 0, minimum=0),
             api_keys=parse_api_keys(env.get("AMEM_API_KEYS") or ""),
             http_host=env.get("AMEM_HTTP_HOST") or "127.0.0.1",

@@ -10,9 +10,8 @@ import asyncio
 from collections.abc import Sequence
 
 import orjson
-import redis.asyncio as aioredis
-from faststream.redis import RedisBroker
 
+from logserver import broker, connect
 from projectors.records import Digest
 from projectors.stores.archive import PostgresArchiveStore
 from rehydrator.erase import Erasure, Residue, purge
@@ -26,7 +25,7 @@ ASK_TIMEOUT_S = 120.0
 
 
 async def _from_store(settings: Settings, name: str, tenant_id: str | None) -> Digest:
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     try:
         store = await build_live_store(settings, name, redis)
     finally:
@@ -50,8 +49,8 @@ async def _from_local_qdrant(settings: Settings, tenant_id: str | None) -> Diges
 
 
 async def _from_worker(settings: Settings, name: str, tenant_id: str | None) -> Digest:
-    async with RedisBroker(settings.require_redis()) as broker:
-        reply = await broker.request(
+    async with broker(settings.require_redis()) as rpc:
+        reply = await rpc.request(
             {"tenant_id": tenant_id}, list=digest_request_key(name), timeout=ASK_TIMEOUT_S
         )
     rows = orjson.loads(reply.body)
@@ -62,7 +61,7 @@ async def run_verify(
     settings: Settings, names: Sequence[str], tenant_id: str | None
 ) -> tuple[list[Verdict], int]:
     """Verdicts per projection, and the number of invalid log entries."""
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     partitions, limits = settings.runtime.partitions, settings.runtime.limits
     archive = build_store(settings, ARCHIVE)
     assert isinstance(archive, PostgresArchiveStore)
@@ -106,7 +105,7 @@ async def erased_residue(settings: Settings, tenant_id: str | None) -> dict[Eras
         erased = await archive.erasures(tenant_id)
     finally:
         await archive.close()
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     out = {}
     try:
         for tenant, session, message, partition, position in erased:

@@ -12,8 +12,10 @@ from pathlib import Path
 import pytest
 import redis.asyncio as aioredis
 
+from logserver import connect
 from producer import Producer, ProducerSettings
 from stack.embedded import control
+from stack.embedded.redis_cluster import EmbeddedRedisCluster
 from stack.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -43,27 +45,43 @@ def settings(stack_env: dict[str, str]) -> Settings:
     return Settings.from_env(stack_env)
 
 
+@pytest.fixture(scope="session")
+def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """An embedded Redis Cluster of 3 masters beside the stack's single server (the same
+    Postgres and MongoDB serve both)."""
+    cluster = EmbeddedRedisCluster(tmp_path_factory.mktemp("cluster"), masters=3)
+    record = cluster.start(None)
+    try:
+        yield record.url
+    finally:
+        cluster.stop(record)
+
+
 DRAGONFLY_URL_VAR = "AMEM_TEST_DRAGONFLY_URL"
+LOG_SERVERS = ["embedded-redis", "cluster", "dragonfly"]
 
 
-@pytest.fixture(params=["embedded-redis", "dragonfly"])
+@pytest.fixture(params=LOG_SERVERS)
 def log_url(request: pytest.FixtureRequest, settings: Settings) -> str:
     """Each log server the producer must work on; Dragonfly only where one is reachable."""
     if request.param == "embedded-redis":
         return settings.require_redis()
-    url = os.environ.get(DRAGONFLY_URL_VAR)
-    if not url:
+    if request.param == "cluster":
+        cluster: str = request.getfixturevalue("cluster_url")
+        return cluster
+    dragonfly = os.environ.get(DRAGONFLY_URL_VAR)
+    if not dragonfly:
         pytest.skip(
             f"{DRAGONFLY_URL_VAR} is not set: Dragonfly cannot run here (compose.yaml has it)"
         )
-    return url
+    return dragonfly
 
 
 @pytest.fixture
 async def redis_client(log_url: str) -> AsyncIterator[aioredis.Redis]:
     """A client on a clean log: every test starts from an empty database."""
-    client = aioredis.Redis.from_url(log_url)
-    await client.flushdb()
+    client = connect(log_url)
+    await client.flushdb()  # on a cluster: on every master
     try:
         yield client
     finally:

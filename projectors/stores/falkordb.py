@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 
 import redis.exceptions
 from falkordb.asyncio import FalkorDB  # type: ignore[import-untyped]
+from redis.asyncio.cluster import RedisCluster
+from redis.asyncio.connection import SSLConnection, parse_url
 
 from projectors.stores.cypher import KEYS, LOOKUPS, CypherGraphStore, Rows, Statement
 
@@ -28,6 +30,8 @@ class FalkorDBGraphStore(CypherGraphStore):
     )
 
     def __init__(self, *, url: str, graph: str = "amem") -> None:
+        """``url``: a server, or any node of a Redis Cluster (the client finds the node that
+        holds the graph's key: a graph lives whole on one node)."""
         self._url = url
         self._graph_name = graph
         self._db: Any = None
@@ -35,11 +39,17 @@ class FalkorDBGraphStore(CypherGraphStore):
 
     async def start(self) -> None:
         if self._db is None:
-            self._db = FalkorDB.from_url(self._url, socket_connect_timeout=10)
+            self._db = _connect(self._url)
             self._graph = self._db.select_graph(self._graph_name)
             # Statements carry message texts as parameters; with CMD_INFO on, FalkorDB keeps
             # them in telemetry{<graph>} after an erase. Off on whichever server we use.
-            await self._db.connection.execute_command("GRAPH.CONFIG", "SET", "CMD_INFO", "no")
+            connection = self._db.connection
+            every_node = (
+                {"target_nodes": RedisCluster.ALL_NODES}
+                if isinstance(connection, RedisCluster)
+                else {}
+            )
+            await connection.execute_command("GRAPH.CONFIG", "SET", "CMD_INFO", "no", **every_node)
         for label, prop in (*KEYS, *LOOKUPS):
             try:
                 await self._graph.query(f"CREATE INDEX FOR (n:{label}) ON (n.{prop})")
@@ -49,11 +59,7 @@ class FalkorDBGraphStore(CypherGraphStore):
 
     async def close(self) -> None:
         if self._db is not None:
-            # from_url hands the client a pool it does not own, so aclose() leaves the
-            # pool's sockets open: disconnect the pool as well.
-            pool = self._db.connection.connection_pool
             await self._db.aclose()
-            await pool.disconnect()
             self._db = self._graph = None
 
     async def reset(self) -> None:
@@ -76,3 +82,22 @@ class FalkorDBGraphStore(CypherGraphStore):
         result = await self._graph.query(statement.text, statement.params)
         rows: Rows = result.result_set
         return rows
+
+
+def _connect(url: str) -> Any:
+    """A FalkorDB client of ``url``'s server, whose connections it owns.
+
+    Not ``FalkorDB.from_url``: the pool it makes is not closed with the client, and on a
+    cluster node its cluster client fails on a URL without credentials (it expects a
+    ``username`` and ``password`` among the pool's options).
+    """
+    options = parse_url(url)
+    return FalkorDB(
+        host=options.get("host", "localhost"),
+        port=options.get("port", 6379),
+        username=options.get("username"),
+        password=options.get("password"),
+        unix_socket_path=options.get("path"),
+        ssl=options.get("connection_class") is SSLConnection,
+        socket_connect_timeout=10,
+    )

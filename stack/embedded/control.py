@@ -7,11 +7,13 @@ import logging
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Protocol
 
 from stack.embedded.mongo_server import EmbeddedMongo
 from stack.embedded.postgres_server import EmbeddedPostgres
 from stack.embedded.process import StackError
+from stack.embedded.redis_cluster import EmbeddedRedisCluster
 from stack.embedded.redis_server import EmbeddedRedis
 from stack.embedded.state import ServiceRecord, StackState
 from stack.settings import Settings
@@ -29,13 +31,28 @@ class EmbeddedService(Protocol):
     def is_running(self, record: ServiceRecord) -> bool: ...
 
 
-def embedded_services(settings: Settings) -> list[EmbeddedService]:
+def embedded_services(
+    settings: Settings, *, masters: int = 0, replicas: int = 0
+) -> list[EmbeddedService]:
+    """The services of the embedded stack; the log server is a cluster of ``masters``
+    (``replicas`` each) when asked, or when this home already holds one."""
     home = settings.home
-    return [
-        EmbeddedRedis(home, appendfsync=settings.redis_appendfsync, port=settings.redis_port),
-        EmbeddedPostgres(home),
-        EmbeddedMongo(home, port=settings.mongo_port),
-    ]
+    recorded = StackState.load(home).services.get("redis")
+    if not masters and recorded is not None and recorded.nodes:
+        replicas = recorded.replicas
+        masters = len(recorded.nodes) // (1 + replicas)
+    log_server: EmbeddedService = (
+        EmbeddedRedisCluster(
+            home,
+            masters=masters,
+            replicas=replicas,
+            appendfsync=settings.redis_appendfsync,
+            node_timeout_ms=settings.cluster_node_timeout_ms,
+        )
+        if masters
+        else EmbeddedRedis(home, appendfsync=settings.redis_appendfsync, port=settings.redis_port)
+    )
+    return [log_server, EmbeddedPostgres(home), EmbeddedMongo(home, port=settings.mongo_port)]
 
 
 @contextmanager
@@ -51,10 +68,11 @@ def _locked(settings: Settings) -> Iterator[StackState]:
             state.save()
 
 
-def up(settings: Settings) -> StackState:
-    """Start every service not already running (services start concurrently)."""
+def up(settings: Settings, *, cluster: int = 0, replicas: int = 0) -> StackState:
+    """Start every service not already running (services start concurrently); the log
+    server as a cluster of ``cluster`` masters with ``replicas`` each, if asked."""
     with _locked(settings) as state:
-        services = embedded_services(settings)
+        services = embedded_services(settings, masters=cluster, replicas=replicas)
         with ThreadPoolExecutor(len(services)) as pool:
             futures = {
                 svc.name: pool.submit(svc.start, state.services.get(svc.name)) for svc in services
@@ -81,7 +99,8 @@ def down(settings: Settings) -> list[str]:
             if svc.is_running(record):
                 svc.stop(record)
                 stopped.append(svc.name)
-            state.services[svc.name] = ServiceRecord(url=record.url, port=record.port)
+            nodes = tuple(replace(node, pid=None) for node in record.nodes)
+            state.services[svc.name] = replace(record, pid=None, nodes=nodes)
     return stopped
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import orjson
 
@@ -12,10 +13,29 @@ STATE_FILE = "stack.json"
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class NodeRecord:
+    """One redis-server of an embedded cluster: its ports are kept across restarts, since
+    every node's cluster config names its peers by them."""
+
+    port: int
+    bus_port: int
+    pid: int | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class ServiceRecord:
     url: str
     pid: int | None = None
     port: int | None = None
+    nodes: tuple[NodeRecord, ...] = ()
+    """An embedded cluster's nodes (masters first); empty for a single server."""
+    replicas: int = 0
+    """An embedded cluster's replicas per master."""
+
+    @classmethod
+    def from_json(cls, raw: dict[str, Any]) -> ServiceRecord:
+        nodes = tuple(NodeRecord(**node) for node in raw.pop("nodes", ()))
+        return cls(**raw, nodes=nodes)
 
 
 @dataclass(kw_only=True, slots=True)
@@ -30,7 +50,9 @@ class StackState:
             raw = orjson.loads(path.read_bytes())
         except FileNotFoundError:
             return cls(home=home)
-        services = {name: ServiceRecord(**record) for name, record in raw["services"].items()}
+        services = {
+            name: ServiceRecord.from_json(record) for name, record in raw["services"].items()
+        }
         return cls(home=home, services=services)
 
     def save(self) -> None:

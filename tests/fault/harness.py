@@ -13,9 +13,9 @@ from contextlib import asynccontextmanager, suppress
 from pathlib import Path
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
+from logserver import connect
 from producer import LogUnavailableError, Producer
 from projectors.enricher import embedded_total
 from projectors.lag import group_states
@@ -226,7 +226,7 @@ def _task_stacks() -> str:
 
 async def reset_everything(settings: Settings) -> None:
     """An empty log and empty stores, so each fault test proves its own end state."""
-    client = aioredis.Redis.from_url(settings.require_redis())
+    client = connect(settings.require_redis())
     try:
         await client.flushdb()
     finally:
@@ -261,7 +261,7 @@ async def flow(
 
 async def caught_up(settings: Settings) -> None:
     """Wait until every projector has applied every entry of its stream (callers bound it)."""
-    client = aioredis.Redis.from_url(settings.require_redis())
+    client = connect(settings.require_redis())
     try:
         while True:
             try:
@@ -284,7 +284,7 @@ async def verify_all(settings: Settings) -> list[Verdict]:
 
 
 async def embedded(settings: Settings) -> int:
-    client = aioredis.Redis.from_url(settings.require_redis())
+    client = connect(settings.require_redis())
     try:
         return await embedded_total(client, settings.runtime.partitions)
     finally:

@@ -11,8 +11,8 @@ import asyncio
 import random
 
 import pytest
-import redis.asyncio as aioredis
 
+from logserver import connect
 from projectors.deadletter import list_dead_letters
 from projectors.lag import group_states
 from schemas.constants import log_key
@@ -102,7 +102,7 @@ async def test_poison_entries_land_in_the_dead_letter_streams_and_traffic_flows(
         "missing fields": "is missing",
         "oversized": "bytes (limit",
     }
-    client = aioredis.Redis.from_url(settings.require_redis())
+    client = connect(settings.require_redis())
     try:
         for i in range(1_000):
             await client.xadd(
@@ -133,7 +133,7 @@ async def test_sigterm_finishes_the_batch_in_hand_and_exits(workers: Workers) ->
     producing = asyncio.create_task(flow(settings, traffic(3_000), per_second=1_000))
     await asyncio.sleep(1.5)
     assert workers.stop_all() == [0] * len(workers.procs)  # mid-flow, mid-batch
-    client = aioredis.Redis.from_url(settings.require_redis())
+    client = connect(settings.require_redis())
     try:
         states = await group_states(
             client, select(settings), settings.runtime.partitions, reads_enriched

@@ -13,8 +13,8 @@ import subprocess
 import sys
 
 import pytest
-import redis.asyncio as aioredis
 
+from logserver import connect
 from projectors.generations import read_registry
 from schemas.constants import generation_progress_key
 from stack.embedded import control
@@ -124,7 +124,7 @@ async def test_rebuilds_under_worker_and_log_server_kills_end_equal_to_the_log(
 
 async def building_holder(settings: Settings, name: str) -> str:
     """The consumer name of the worker building ``name``'s next generation, once one is."""
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     try:
         async with asyncio.timeout(60):
             while True:
@@ -138,7 +138,7 @@ async def building_holder(settings: Settings, name: str) -> str:
 
 
 async def live_generations(settings: Settings, names: list[str]) -> list[int]:
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     try:
         registry = await read_registry(redis)
     finally:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-import redis.asyncio as aioredis
 
+from logserver import connect
 from projectors.enrichment.models import INT8_MODEL
 from projectors.generations import Registry, read_registry
 from rehydrator.context import Context
@@ -126,7 +126,7 @@ async def under_load(
             stop.set()
             await reading
         await ask_all(rehydrators, models)  # after the last drop: the new generations only
-        redis = aioredis.Redis.from_url(settings.require_redis())
+        redis = connect(settings.require_redis())
         try:
             return calls, await read_registry(redis)
         finally:
@@ -147,7 +147,7 @@ def test_rebuilds_switch_generations_without_a_reader_noticing(env: dict[str, st
 
 
 async def old_generations_dropped(settings: Settings) -> None:
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     try:
         graphs = await redis.execute_command("GRAPH.LIST")  # type: ignore[no-untyped-call]
         assert graphs == [b"amem_g2"]
@@ -170,7 +170,7 @@ async def model_rows(settings: Settings, model: str) -> tuple[int, int]:
         rows = await conn.fetchval("SELECT count(*) FROM amem_enrichments WHERE model = $1", model)
     finally:
         await conn.close()
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     try:
         embedded = int(await redis.get(model_embedded_key(model)) or 0)
     finally:

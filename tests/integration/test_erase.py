@@ -24,10 +24,10 @@ import asyncpg
 import httpx
 import orjson
 import pytest
-import redis.asyncio as aioredis
 from pymongo import AsyncMongoClient
 from qdrant_client import AsyncQdrantClient
 
+from logserver import connect
 from schemas.constants import log_key
 from schemas.partitioning import partition_for
 from stack.settings import Settings
@@ -72,7 +72,7 @@ async def scan(settings: Settings, secret: str, *, qdrant: bool = True) -> dict[
             hits[place] = hits.get(place, 0) + 1
 
     # Any: every reply is only searched for the secret, whatever its shape.
-    redis: Any = aioredis.Redis.from_url(settings.require_redis())
+    redis: Any = connect(settings.require_redis())
     try:
         async for key in redis.scan_iter(count=1_000):
             kind = (await redis.type(key)).decode()
@@ -153,7 +153,7 @@ def poison(
     each a message of its own or, with ``message_id``, all copies of that message."""
 
     async def run() -> None:
-        redis = aioredis.Redis.from_url(settings.require_redis())
+        redis = connect(settings.require_redis())
         try:
             partition = partition_for(tenant, session, settings.producer.partitions)
             for i in range(n):

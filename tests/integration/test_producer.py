@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 
 import pytest
@@ -10,6 +11,8 @@ import redis.asyncio as aioredis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from logserver import connect
+from logserver.nodes import on_every_node
 from producer import (
     DurabilityError,
     PartitionMismatchError,
@@ -22,6 +25,7 @@ from schemas.errors import ValidationError
 from schemas.events import Message, MessageAppended, SessionErased
 from schemas.partitioning import partition_for
 from stack.settings import Settings
+from tests.conftest import DRAGONFLY_URL_VAR
 from tests.strategies import messages
 
 P = ProducerSettings().partitions
@@ -119,19 +123,19 @@ async def test_partition_count_is_fixed_at_first_use(log_url: str, producer: Pro
 
 
 async def test_fsync_on_a_server_without_confirmation_is_an_error(
-    producer: Producer, redis_client: aioredis.Redis, log_url: str, settings: Settings
+    producer: Producer, redis_client: aioredis.Redis, log_url: str
 ) -> None:
-    if log_url != settings.redis_url:
+    if log_url == os.environ.get(DRAGONFLY_URL_VAR):
         # Dragonfly has no AOF at all: any fsync append must be refused there.
         with pytest.raises(DurabilityError, match="cannot confirm fsync"):
             await producer.append(_msg(1), durability="fsync")
         return
-    await redis_client.config_set("appendonly", "no")
+    await on_every_node(redis_client, lambda node: node.config_set("appendonly", "no"))
     try:
         with pytest.raises(DurabilityError, match="cannot confirm fsync"):
             await producer.append(_msg(1), durability="fsync")
     finally:
-        await redis_client.config_set("appendonly", "yes")
+        await on_every_node(redis_client, lambda node: node.config_set("appendonly", "yes"))
 
 
 async def test_script_is_reloaded_after_a_script_flush(
@@ -154,7 +158,7 @@ def test_what_is_read_back_from_redis_is_what_was_appended(
     settings: Settings, batch: list[Message]
 ) -> None:
     async def run() -> list[MessageAppended]:
-        client = aioredis.Redis.from_url(settings.require_redis())
+        client = connect(settings.require_redis())
         try:
             await client.flushdb()
             async with Producer.from_url(settings.require_redis()) as producer:

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import psutil
 import pytest
-import redis.asyncio as aioredis
 
+from logserver import connect
 from producer import Producer
 from projectors.position import Position
 from projectors.records import record_from_enriched
@@ -318,7 +318,7 @@ async def separate_graph(settings: Settings, home: Path) -> AsyncIterator[tuple[
     assert record.url is not None
     store = FalkorDBGraphStore(url=record.url)
     await store.start()
-    client = aioredis.Redis.from_url(settings.require_redis())
+    client = connect(settings.require_redis())
     try:
         partition = partition_for(TENANT, SESSION, settings.producer.partitions)
         entries: list[tuple[bytes, dict[bytes, bytes]]] = await client.xrange(  # type: ignore[assignment]

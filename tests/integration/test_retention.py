@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis.asyncio as aioredis
 
+from logserver import connect
 from schemas.constants import group_name, log_key
 from stack.projections import build_live_store
 from stack.settings import Settings
@@ -60,7 +60,7 @@ def groups(env: dict[str, str], projector: str) -> dict[int, dict[str, object]]:
 
 async def forget(settings: Settings, name: str) -> None:
     """As if ``name`` had never run: an empty store and no consumer group."""
-    redis = aioredis.Redis.from_url(settings.require_redis())
+    redis = connect(settings.require_redis())
     try:
         store = await build_live_store(settings, name, redis)
         await store.start()

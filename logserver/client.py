@@ -1,0 +1,50 @@
+"""The client of the log server, whichever kind it is.
+
+Every package takes the client as ``redis.asyncio.Redis``. For a cluster it is a
+:class:`redis.asyncio.cluster.RedisCluster`, which offers the same keyed commands, routes
+each by its key's slot, follows ``MOVED`` after a failover, splits multi-key ``DEL`` by slot
+and scans every primary. What differs (keyless commands, per-node state, ``WAIT``) is in
+:mod:`logserver.nodes`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import redis.asyncio as aioredis
+from faststream.redis import RedisBroker, RedisClusterBroker
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+
+from logserver.url import LogServerUrl
+
+LogClient = aioredis.Redis
+"""The type every package gives the client; a :class:`RedisCluster` for a cluster URL."""
+
+
+def connect(url: str, **options: Any) -> aioredis.Redis:
+    """A client of the log server ``url`` names; ``options`` go to redis-py's client."""
+    parsed = LogServerUrl.parse(url)
+    if not parsed.cluster:
+        return aioredis.Redis.from_url(url, **options)
+    options.pop("health_check_interval", None)  # per-node in a cluster: not an option
+    cluster = RedisCluster.from_url(
+        parsed.node_url,
+        startup_nodes=[ClusterNode(host, port) for host, port in parsed.seeds[1:]],
+        # Slots whose master is failing over answer CLUSTERDOWN; the others keep serving.
+        require_full_coverage=False,
+        **options,
+    )
+    # Same command API for keyed commands (see the module docstring).
+    return cast(aioredis.Redis, cluster)
+
+
+def is_cluster(client: aioredis.Redis) -> bool:
+    return isinstance(client, RedisCluster)
+
+
+def broker(url: str, **options: Any) -> RedisBroker:
+    """The FastStream broker of the workers: ``RedisClusterBroker`` for a cluster."""
+    parsed = LogServerUrl.parse(url)
+    if not parsed.cluster:
+        return RedisBroker(url, **options)
+    return RedisClusterBroker(parsed.node_url, startup_nodes=list(parsed.seeds[1:]), **options)
