@@ -85,6 +85,7 @@ class Settings:
             durability=parse_durability(env.get("AMEM_DURABILITY", "memory"), "AMEM_DURABILITY"),
             dedup_window_s=_int(env, "AMEM_DEDUP_WINDOW_S", 24 * 3600),
             fsync_timeout_ms=_int(env, "AMEM_FSYNC_TIMEOUT_MS", 2000),
+            failover_wait_s=_int(env, "AMEM_FAILOVER_WAIT_S", 30),
             limits=limits,
         )
         runtime = RuntimeSettings(

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from stack.settings import Settings
-from tests.conftest import LOCOMO
+from tests.conftest import LOCOMO, REPO
 from tests.fault.harness import reset_everything
 from tests.integration.test_cli import amem
 
@@ -39,11 +43,55 @@ def embedded(env: dict[str, str]) -> int:
     return int(projectors["embedded"])
 
 
-def locomo_projected(env: dict[str, str]) -> None:
-    """The LoCoMo import appended, and projected everywhere by workers left running."""
+def locomo_projected(env: dict[str, str], *, start: bool = True) -> None:
+    """The LoCoMo import appended, and projected everywhere by workers left running
+    (started here by ``amem project start``, unless the caller runs its own)."""
     assert run_ok(env, "import", str(LOCOMO))["appended"] == LOCOMO_MESSAGES
-    run_ok(env, "project", "start")
+    if start:
+        run_ok(env, "project", "start")
     run_ok(env, "project", "wait", "--timeout", "400")
+
+
+LAUNCHERS = {
+    "amem project run": [sys.executable, "-m", "stack.cli", "project", "run"],
+    "faststream run": [sys.executable, "-m", "faststream", "run", "stack.worker_app:app"],
+}
+"""The documented ways to run workers in the foreground (``amem project start`` aside)."""
+
+
+@pytest.fixture(
+    params=[
+        ("amem project start", "embedded-redis"),
+        ("amem project run", "cluster"),
+        ("faststream run", "embedded-redis"),
+    ],
+    ids=lambda p: f"{p[0]} on {p[1]}",
+)
+def launched(
+    request: pytest.FixtureRequest, stack_env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[dict[str, str], bool]]:
+    """An empty log and stores on a single server or a 3-master cluster, and whether the
+    test starts the workers with ``amem project start``; the foreground launchers are
+    started here, stopped with SIGTERM after."""
+    launcher, server = request.param
+    env = dict(stack_env)
+    if server == "cluster":
+        env["AMEM_REDIS_URL"] = request.getfixturevalue("cluster_url")
+    asyncio.run(reset_everything(Settings.from_env(env)))
+    foreground = None
+    if launcher in LAUNCHERS:
+        with (tmp_path / "workers.log").open("ab") as log:
+            foreground = subprocess.Popen(
+                LAUNCHERS[launcher], env=env, cwd=REPO, stdout=log, stderr=log
+            )
+    try:
+        yield env, foreground is None
+    finally:
+        if foreground is None:
+            amem(env, "project", "stop")
+        else:
+            foreground.send_signal(signal.SIGTERM)
+            assert foreground.wait(90) == 0, (tmp_path / "workers.log").read_text()[-3000:]
 
 
 def verified(env: dict[str, str]) -> dict[str, int]:
@@ -56,10 +104,12 @@ def verified(env: dict[str, str]) -> dict[str, int]:
 
 @pytest.mark.timeout(600)
 def test_locomo_is_projected_everywhere_embedded_once_and_a_rebuild_embeds_nothing(
-    fresh: dict[str, str],
+    launched: tuple[dict[str, str], bool],
 ) -> None:
-    env = fresh
-    locomo_projected(env)
+    """However the workers run, and on one server or a cluster: verify reaches Qdrant's
+    local files through the worker that holds them, and the rebuild is done by it."""
+    env, start = launched
+    locomo_projected(env, start=start)
     counts = verified(env)
     assert set(counts) >= {"enricher", "postgres", "mongo", "pgvector", "qdrant", "graph"}
     assert set(counts.values()) == {LOCOMO_MESSAGES}
