@@ -11,6 +11,7 @@ WORKDIR /app
 RUN pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cpu
 COPY pyproject.toml README.md ./
 COPY schemas schemas
+COPY logserver logserver
 COPY producer producer
 COPY projectors projectors
 COPY rehydrator rehydrator

@@ -51,10 +51,19 @@ def cluster_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     Postgres and MongoDB serve both)."""
     cluster = EmbeddedRedisCluster(tmp_path_factory.mktemp("cluster"), masters=3)
     record = cluster.start(None)
+    _cluster_pids[record.url] = [node.pid for node in record.nodes if node.pid is not None]
     try:
         yield record.url
     finally:
         cluster.stop(record)
+
+
+_cluster_pids: dict[str, list[int]] = {}
+
+
+def cluster_pids(url: str) -> list[int]:
+    """The redis-server processes of the test cluster at ``url``."""
+    return _cluster_pids[url]
 
 
 DRAGONFLY_URL_VAR = "AMEM_TEST_DRAGONFLY_URL"

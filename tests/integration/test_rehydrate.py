@@ -22,7 +22,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from logserver import connect
+from logserver import LogServerUrl, connect
 from producer import Producer
 from projectors.position import Position
 from projectors.records import record_from_enriched
@@ -40,6 +40,7 @@ from stack.embedded.state import StackState
 from stack.projections import reads_enriched, select
 from stack.rehydration import open_rehydrator
 from stack.settings import Settings
+from tests.conftest import cluster_pids
 from tests.fault.harness import Workers, caught_up, env_for, reset_everything
 
 TENANT = "acme"
@@ -79,13 +80,18 @@ def conversation(session: str, n: int = 40, *, user: str | None = USER) -> list[
     return out
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["embedded-redis", "cluster"])
 async def projected(
-    stack_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory
+    stack_env: dict[str, str],
+    tmp_path_factory: pytest.TempPathFactory,
+    request: pytest.FixtureRequest,
 ) -> Settings:
     """Two sessions of one user appended and projected by a real worker, which is then
-    stopped; beside them, the same texts in another user's session and another tenant's."""
+    stopped; beside them, the same texts in another user's session and another tenant's.
+    The log on one server, or on a cluster of 3 masters."""
     env = env_for(stack_env)
+    if request.param == "cluster":
+        env["AMEM_REDIS_URL"] = request.getfixturevalue("cluster_url")
     settings = Settings.from_env(env)
     await reset_everything(settings)
     others = [
@@ -178,6 +184,9 @@ def stopped(pids: Sequence[int]) -> Iterator[None]:
 
 
 def service_pids(settings: Settings, name: str) -> list[int]:
+    """The processes of an embedded service; for the log server on a cluster, its nodes."""
+    if name == "redis" and LogServerUrl.parse(settings.require_redis()).cluster:
+        return cluster_pids(settings.require_redis())
     pid = StackState.load(settings.home).services[name].pid
     assert pid is not None
     return [pid, *(p.pid for p in psutil.Process(pid).children(recursive=True))]
