@@ -13,6 +13,7 @@ from typing import Any, cast
 
 import redis.asyncio as aioredis
 from faststream.redis import RedisBroker, RedisClusterBroker
+from redis._parsers.commands import AsyncCommandsParser
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from logserver.url import LogServerUrl
@@ -26,6 +27,7 @@ def connect(url: str, **options: Any) -> aioredis.Redis:
     parsed = LogServerUrl.parse(url)
     if not parsed.cluster:
         return aioredis.Redis.from_url(url, **options)
+    _route_stream_reads_locally()
     options.pop("health_check_interval", None)  # per-node in a cluster: not an option
     cluster = RedisCluster.from_url(
         parsed.node_url,
@@ -47,4 +49,34 @@ def broker(url: str, **options: Any) -> RedisBroker:
     parsed = LogServerUrl.parse(url)
     if not parsed.cluster:
         return RedisBroker(url, **options)
+    _route_stream_reads_locally()
     return RedisClusterBroker(parsed.node_url, startup_nodes=list(parsed.seeds[1:]), **options)
+
+
+_STREAM_READS = frozenset({"xread", "xreadgroup"})
+
+
+def _route_stream_reads_locally() -> None:
+    """Have redis-py's cluster client find the keys of ``XREADGROUP``/``XREAD`` itself.
+
+    Their keys are "movable", so redis-py 8.1 asks one fixed node (the first it knew)
+    ``COMMAND GETKEYS`` before every read: a round trip more per read and, once that node
+    dies in a failover, every read of every stream fails (and concurrent reconnects of
+    that node's connection break it for good). The keys are the stream names after
+    ``STREAMS`` (the first half of what follows). Every other command is left alone.
+    """
+    if getattr(AsyncCommandsParser, "_amem_stream_keys", False):
+        return
+    asked_a_node = AsyncCommandsParser._get_moveable_keys
+
+    async def moveable_keys(self: AsyncCommandsParser, *args: Any) -> tuple[Any, ...] | None:
+        if str(args[0]).lower() in _STREAM_READS:
+            names = [str(a).upper() if isinstance(a, str) else a for a in args]
+            for i, arg in enumerate(names):
+                if arg in ("STREAMS", b"STREAMS", b"streams"):
+                    rest = args[i + 1 :]
+                    return tuple(rest[: len(rest) // 2])
+        return await asked_a_node(self, *args)
+
+    AsyncCommandsParser._get_moveable_keys = moveable_keys  # type: ignore[method-assign]
+    AsyncCommandsParser._amem_stream_keys = True  # type: ignore[attr-defined]

@@ -54,6 +54,27 @@ async def group_state(
     )
 
 
+async def has_running_worker(
+    redis: aioredis.Redis, projector: str, partitions: int, *, enriched: bool, within_s: float
+) -> bool:
+    """Whether some consumer of ``projector`` tried a read in the last ``within_s``.
+
+    However its workers were started (``amem project start``/``run``, ``faststream run``,
+    another host), a running worker tries a read of every partition every
+    ``AMEM_MAX_WAIT_MS``, which resets its consumer's ``idle``.
+    """
+    group = group_name(projector)
+    for n in range(partitions):
+        stream = enriched_key(n) if enriched else log_key(n)
+        try:
+            consumers = await redis.xinfo_consumers(stream, group)
+        except ResponseError:  # no stream or no group yet: no worker ever started
+            continue
+        if any(c["idle"] < within_s * 1000 for c in consumers):
+            return True
+    return False
+
+
 async def dlq_size(redis: aioredis.Redis, projector: str) -> int:
     return int(await redis.xlen(dlq_key(projector)))
 

@@ -356,10 +356,12 @@ async def _query_logs(redis: aioredis.Redis, erasure: Erasure, *, delete: bool) 
             held += sum(any(needle in v for v in f.values()) for _, f in page)
         if delete:
             await redis.delete(key)
-    slow = cast(list[dict[str, object]], await redis.slowlog_get(-1))
+    # Every node keeps its own slow log.
+    logs = await on_every_node(redis, lambda node: node.slowlog_get(-1))
+    slow = [e for log in cast(list[list[dict[str, object]]], logs) for e in log]
     held += sum(needle in cast(bytes, e.get("command", b"")) for e in slow)
     if delete:
-        await redis.slowlog_reset()
+        await on_every_node(redis, lambda node: node.slowlog_reset())
         async for graph in redis.scan_iter(_type="graphdata"):
             try:
                 await redis.execute_command("GRAPH.SLOWLOG", graph, "RESET")  # type: ignore[no-untyped-call]

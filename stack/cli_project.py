@@ -6,6 +6,7 @@ import asyncio
 import time
 from typing import Annotated, Any
 
+import redis.asyncio as aioredis
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 from rich.table import Table
@@ -13,7 +14,7 @@ from rich.table import Table
 from logserver import connect
 from projectors.deadletter import list_dead_letters, retry_dead_letters
 from projectors.enrichment.models import MODELS, check_model
-from projectors.lag import GroupState, group_states
+from projectors.lag import GroupState, group_states, has_running_worker
 from schemas.errors import ConfigurationError
 from stack import rebuilding, worker_pool
 from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
@@ -80,6 +81,26 @@ def _remaining(states: list[GroupState], name: str) -> int:
     return sum((s.lag or 0) + s.pending for s in states if s.projector == name)
 
 
+IDLE_S = 30.0
+"""A projector behind whose consumers have all been idle this long has no worker running."""
+
+
+async def _unconsumed(settings: Settings, names: list[str]) -> list[str]:
+    """Of ``names``, those no worker has read for :data:`IDLE_S`."""
+    redis = connect(settings.require_redis())
+    partitions = settings.runtime.partitions
+    try:
+        return [
+            name
+            for name in names
+            if not await has_running_worker(
+                redis, name, partitions, enriched=reads_enriched(name), within_s=IDLE_S
+            )
+        ]
+    finally:
+        await redis.aclose()
+
+
 @project_app.command("wait")
 @one_line_errors
 def wait(
@@ -91,6 +112,7 @@ def wait(
     settings = Settings.from_env()
     names = list(select(settings, projector))
     deadline = time.monotonic() + timeout
+    idle_check = time.monotonic() + IDLE_S
     states = asyncio.run(_states(settings, names))
     with Progress(
         "[progress.description]{task.description}",
@@ -114,6 +136,14 @@ def wait(
             if time.monotonic() > deadline:
                 behind = {n: _remaining(states, n) for n in names if _remaining(states, n)}
                 raise ConfigurationError(f"projectors still behind after {timeout:.0f} s: {behind}")
+            if time.monotonic() > idle_check:
+                behind_names = [n for n in names if _remaining(states, n)]
+                if stalled := asyncio.run(_unconsumed(settings, behind_names)):
+                    raise ConfigurationError(
+                        f"no worker runs {', '.join(stalled)} (none has read for"
+                        f" {IDLE_S:.0f} s): start them with `amem project start`"
+                    )
+                idle_check = time.monotonic() + IDLE_S
             time.sleep(0.25)
             states = asyncio.run(_states(settings, names))
     if json:
@@ -206,6 +236,20 @@ def rebuild(
         raise typer.Exit(1)
 
 
+async def _some_worker_reads(
+    redis: aioredis.Redis, name: str, partitions: int, *, enriched: bool
+) -> bool:
+    """Whether a worker runs ``name``: one read in the last :data:`IDLE_S`, or within the
+    next (a log server just restarted may show every consumer idle for long)."""
+    deadline = time.monotonic() + IDLE_S
+    while True:
+        if await has_running_worker(redis, name, partitions, enriched=enriched, within_s=IDLE_S):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(1.0)
+
+
 async def _blue_green(
     settings: Settings,
     name: str,
@@ -216,12 +260,18 @@ async def _blue_green(
 ) -> rebuilding.RebuildState:
     redis = connect(settings.require_redis())
     try:
+        partitions = settings.runtime.partitions
+        enriched = reads_enriched(name)
+        if wait and not await _some_worker_reads(redis, name, partitions, enriched=enriched):
+            raise ConfigurationError(
+                f"no worker runs {name} (none has read for {IDLE_S:.0f} s), and the workers"
+                f" build the new generation: start them, or pass --no-wait to leave the"
+                " rebuild announced for when they start"
+            )
         generation = await rebuilding.start_rebuild(redis, name, model)
         state = await rebuilding.rebuild_state(redis, name)
         if not wait:
             return state
-        if not worker_pool.running(settings):
-            err.print(f"[yellow]no worker runs here: the workers running {name} build it[/]")
         task = progress.add_task(f"{name}: generation {generation}, events replayed", total=None)
         deadline = time.monotonic() + limit_s if limit_s else None
         while deadline is None or time.monotonic() < deadline:

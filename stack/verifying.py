@@ -12,16 +12,20 @@ from collections.abc import Sequence
 import orjson
 
 from logserver import broker, connect
+from projectors.lag import has_running_worker
 from projectors.records import Digest
 from projectors.stores.archive import PostgresArchiveStore
 from rehydrator.erase import Erasure, Residue, purge
 from rehydrator.verify import DigestSource, Verdict, enriched_digest, log_digest, verify
 from schemas.constants import ARCHIVE, ENRICHER, digest_request_key
-from stack.projections import build_live_store, build_store, qdrant_is_local
+from schemas.errors import ConfigurationError
+from stack.projections import build_live_store, build_store, qdrant_is_local, reads_enriched
 from stack.settings import Settings
 from stack.worker_pool import running
 
 ASK_TIMEOUT_S = 120.0
+OWNER_IDLE_S = 30.0
+"""A worker that has not read for this long is taken for gone (it would not answer)."""
 
 
 async def _from_store(settings: Settings, name: str, tenant_id: str | None) -> Digest:
@@ -49,6 +53,22 @@ async def _from_local_qdrant(settings: Settings, tenant_id: str | None) -> Diges
 
 
 async def _from_worker(settings: Settings, name: str, tenant_id: str | None) -> Digest:
+    redis = connect(settings.require_redis())
+    try:
+        answering = await has_running_worker(
+            redis,
+            name,
+            settings.runtime.partitions,
+            enriched=reads_enriched(name),
+            within_s=OWNER_IDLE_S,
+        )
+    finally:
+        await redis.aclose()
+    if not answering:
+        raise ConfigurationError(
+            f"{settings.qdrant_path} is held by a process that runs no {name} worker (none"
+            f" has read for {OWNER_IDLE_S:.0f} s): stop it, or start the workers"
+        )
     async with broker(settings.require_redis()) as rpc:
         reply = await rpc.request(
             {"tenant_id": tenant_id}, list=digest_request_key(name), timeout=ASK_TIMEOUT_S

@@ -94,7 +94,9 @@ class EmbeddedRedisCluster:
                 terminate(node.pid, MARKER)
 
     def is_running(self, record: ServiceRecord) -> bool:
-        return bool(record.nodes) and all(is_alive(n.pid, MARKER) for n in record.nodes)
+        """Any node alive: ``amem down`` must stop what is left after a node died, and
+        ``amem up`` restarts the dead ones."""
+        return any(is_alive(n.pid, MARKER) for n in record.nodes)
 
     def _start_node(self, node: NodeRecord) -> NodeRecord:
         if is_alive(node.pid, MARKER):
@@ -137,8 +139,9 @@ class EmbeddedRedisCluster:
 
     def _wait_ok(self, nodes: tuple[NodeRecord, ...]) -> None:
         self._until(lambda: all(_state_ok(n.port) for n in nodes), "cluster_state:ok")
-        replicas = nodes[self.masters :]
-        self._until(lambda: all(_replica_synced(n.port) for n in replicas), "replicas sync")
+        # Roles are the cluster's, not the start order's: after a failover a node started
+        # as a master may be a replica, and the other way round.
+        self._until(lambda: all(_synced(n.port) for n in nodes), "replicas sync")
 
     def _until(self, check: Callable[[], bool], what: str) -> None:
         deadline = time.monotonic() + self.start_timeout
@@ -173,7 +176,8 @@ def _state_ok(port: int) -> bool:
         return "cluster_state:ok" in client.execute_command("CLUSTER", "INFO").decode()
 
 
-def _replica_synced(port: int) -> bool:
+def _synced(port: int) -> bool:
+    """A master, or a replica whose link to its master is up."""
     with _client(port) as client:
         info = client.info("replication")
-    return bool(info.get("role") == "slave" and info.get("master_link_status") == "up")
+    return bool(info.get("role") == "master" or info.get("master_link_status") == "up")
