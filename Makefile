@@ -51,6 +51,7 @@ bench: install
 	$(PY) bench/project.py
 	$(PY) bench/recall.py
 	$(PY) bench/rehydrate.py
+	$(PY) bench/scale.py
 
 down: install
 	$(AMEM) project stop

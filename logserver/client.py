@@ -56,6 +56,10 @@ def broker(url: str, **options: Any) -> RedisBroker:
 _STREAM_READS = frozenset({"xread", "xreadgroup"})
 
 
+def _token(arg: Any) -> str:
+    return (arg.decode(errors="replace") if isinstance(arg, bytes) else str(arg)).lower()
+
+
 def _route_stream_reads_locally() -> None:
     """Have redis-py's cluster client find the keys of ``XREADGROUP``/``XREAD`` itself.
 
@@ -70,10 +74,9 @@ def _route_stream_reads_locally() -> None:
     asked_a_node = AsyncCommandsParser._get_moveable_keys
 
     async def moveable_keys(self: AsyncCommandsParser, *args: Any) -> tuple[Any, ...] | None:
-        if str(args[0]).lower() in _STREAM_READS:
-            names = [str(a).upper() if isinstance(a, str) else a for a in args]
-            for i, arg in enumerate(names):
-                if arg in ("STREAMS", b"STREAMS", b"streams"):
+        if _token(args[0]) in _STREAM_READS:
+            for i, arg in enumerate(args):
+                if _token(arg) == "streams":
                     rest = args[i + 1 :]
                     return tuple(rest[: len(rest) // 2])
         return await asked_a_node(self, *args)

@@ -30,6 +30,10 @@ def is_redirect(exc: Exception) -> bool:
     return isinstance(exc, REDIRECTS)
 
 
+class SlotMovedError(Exception):
+    """A slot is served by another node now, or by none yet (a failover, a reshard)."""
+
+
 @dataclass(frozen=True, kw_only=True, slots=True)
 class Route:
     """Where one key's slot is served now."""
@@ -55,7 +59,7 @@ class NodeClients:
         slot = self._cluster.keyslot(key)
         served = self._cluster.nodes_manager.slots_cache.get(slot)
         if not served:
-            raise aioredis.ConnectionError(f"no node serves slot {slot} (key {key!r})")
+            raise SlotMovedError(f"no node serves slot {slot} (key {key!r})")
         master = served[0]
         return Route(node=master.name, client=self._client(master), replicas=len(served) - 1)
 

@@ -20,7 +20,7 @@ from redis.exceptions import NoScriptError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from logserver.client import connect, is_cluster
-from logserver.nodes import NodeClients, is_redirect
+from logserver.nodes import NodeClients, Route, SlotMovedError, is_redirect
 from producer.errors import (
     DurabilityError,
     LogUnavailableError,
@@ -42,10 +42,6 @@ from schemas.constants import (
 from schemas.events import Event, Message, MessageAppended, MessageRedacted, SessionErased
 from schemas.partitioning import partition_for
 from schemas.validation import validate_event
-
-
-class _Redirected(Exception):
-    """The partition's slot is served by another node now (failover, resharding)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,41 +212,46 @@ class Producer:
         calls = self._calls(prepared)
         if self._nodes is None:
             return await self._send_to(self._client, calls, durability, replicas=0)
-        by_node: dict[str, list[list[_Prepared]]] = defaultdict(list)
-        for call in calls:
-            by_node[self._nodes.route(log_key(call[0].partition)).node].append(call)
-        sent = await asyncio.gather(
-            *(self._send_on_cluster(group, durability) for group in by_node.values())
+        return await self._send_on_cluster(
+            calls, durability, time.monotonic() + self.settings.failover_wait_s
         )
-        return [pair for replies in sent for pair in replies]
 
     async def _send_on_cluster(
-        self, calls: list[list[_Prepared]], durability: Durability
+        self, calls: list[list[_Prepared]], durability: Durability, deadline: float
     ) -> list[tuple[list[_Prepared], Any]]:
-        """Send the calls of one master's partitions there, following a failover: resending
-        is safe, the script appends each event once."""
-        assert self._nodes is not None
-        deadline = time.monotonic() + self.settings.failover_wait_s
+        """Send each master's calls down its own connection, all masters at once; a master's
+        calls that fail for a failover or a moved slot are grouped and sent again (resending
+        is safe: the script appends each event once)."""
+        nodes = self._nodes
+        assert nodes is not None
         delay = 0.05
         while True:
-            route = self._nodes.route(log_key(calls[0][0].partition))
             try:
+                by_master: dict[str, tuple[Route, list[list[_Prepared]]]] = {}
+                for call in calls:
+                    route = nodes.route(log_key(call[0].partition))
+                    by_master.setdefault(route.node, (route, []))[1].append(call)
+                if len(by_master) > 1:
+                    sent = await asyncio.gather(
+                        *(self._send_on_cluster(group, durability, deadline)
+                          for _, group in by_master.values())
+                    )  # fmt: skip
+                    return [pair for replies in sent for pair in replies]
+                ((route, _),) = by_master.values()
                 return await self._send_to(
                     route.client, calls, durability, replicas=min(route.replicas, 1)
                 )
-            except (LogUnavailableError, _Redirected) as exc:
+            except (LogUnavailableError, SlotMovedError) as exc:
                 if time.monotonic() > deadline:
-                    if isinstance(exc, LogUnavailableError):
-                        raise
                     raise LogUnavailableError(
                         f"partition {calls[0][0].partition} still unserved after"
                         f" {self.settings.failover_wait_s} s: {exc}"
                     ) from exc
-                self._log.info("%s: %s; resending after a topology refresh", route.node, exc)
+                self._log.info("%s; resending after a topology refresh", exc)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 1.0)
             with contextlib.suppress(RedisError):
-                await self._nodes.refresh()
+                await nodes.refresh()
 
     async def _send_to(
         self,
@@ -283,7 +284,7 @@ class Producer:
             raise LogUnavailableError(f"log server unreachable after retries: {exc}") from exc
         except ResponseError as exc:
             if is_redirect(exc):
-                raise _Redirected(str(exc)) from exc
+                raise SlotMovedError(str(exc)) from exc
             if durability == "fsync" and "WAITAOF" in str(exc).upper():
                 raise DurabilityError(f"the log server cannot confirm fsync: {exc}") from exc
             raise ProducerError(f"the log server refused the append: {exc}") from exc

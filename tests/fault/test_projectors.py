@@ -3,12 +3,15 @@
 Each test starts from an empty log and empty stores, runs real worker processes
 (``python -m stack.workers``) under live traffic, breaks something, and ends with every
 projection proved equal to the log by ``verify``.
+
+Workers SIGKILLed at random instants under 20,000 messages of traffic: ``test_cluster``,
+with the log on a Redis Cluster (the same runtime under a harder log; one copy of a 3-minute
+test is what the CI budget allows).
 """
 
 from __future__ import annotations
 
 import asyncio
-import random
 
 import pytest
 
@@ -22,7 +25,6 @@ from stack.embedded.state import StackState
 from stack.projections import reads_enriched, select
 from tests.fault.harness import (
     Workers,
-    bounded,
     finish,
     flow,
     restart_log_server,
@@ -30,28 +32,6 @@ from tests.fault.harness import (
 )
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
-KILLING_S = 360
-
-
-async def test_sigkill_of_workers_at_random_instants_loses_and_duplicates_nothing(
-    workers: Workers,
-) -> None:
-    messages = traffic(20_000)
-    workers.start_all()
-    producing = asyncio.create_task(flow(workers.settings, messages, per_second=250))
-    rng = random.Random(11)
-    async with bounded("killing workers under traffic", KILLING_S, workers):
-        while workers.kills < 20 or not producing.done():
-            # A random instant of a consuming worker's life: mid-batch, mid-embedding, mid-ack.
-            victim = rng.randrange(len(workers.procs))
-            await workers.running(victim)
-            await asyncio.sleep(rng.uniform(0.2, 3.0))
-            workers.kill(victim)
-            workers.start(victim)
-        await producing
-    # Every text was embedded and stored exactly once despite the kills.
-    await finish(workers, expected_messages=len(messages))
-    assert workers.kills >= 20
 
 
 async def test_log_server_sigkill_and_restart_during_flow(workers: Workers) -> None:

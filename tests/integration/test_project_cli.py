@@ -60,38 +60,28 @@ LAUNCHERS = {
 
 
 @pytest.fixture(
-    params=[
-        ("amem project start", "embedded-redis"),
-        ("amem project run", "cluster"),
-        ("faststream run", "embedded-redis"),
-    ],
+    # `amem project start` (with verify and rebuild) is what test_blue_green and
+    # test_retention run: the foreground launchers are the ones left to prove here.
+    params=[("amem project run", "cluster"), ("faststream run", "embedded-redis")],
     ids=lambda p: f"{p[0]} on {p[1]}",
 )
 def launched(
     request: pytest.FixtureRequest, stack_env: dict[str, str], tmp_path: Path
-) -> Iterator[tuple[dict[str, str], bool]]:
-    """An empty log and stores on a single server or a 3-master cluster, and whether the
-    test starts the workers with ``amem project start``; the foreground launchers are
-    started here, stopped with SIGTERM after."""
+) -> Iterator[dict[str, str]]:
+    """An empty log and stores, on a single server or a 3-master cluster, and workers run
+    in the foreground by a documented launcher (stopped with SIGTERM after)."""
     launcher, server = request.param
     env = dict(stack_env)
     if server == "cluster":
         env["AMEM_REDIS_URL"] = request.getfixturevalue("cluster_url")
     asyncio.run(reset_everything(Settings.from_env(env)))
-    foreground = None
-    if launcher in LAUNCHERS:
-        with (tmp_path / "workers.log").open("ab") as log:
-            foreground = subprocess.Popen(
-                LAUNCHERS[launcher], env=env, cwd=REPO, stdout=log, stderr=log
-            )
+    with (tmp_path / "workers.log").open("ab") as log:
+        workers = subprocess.Popen(LAUNCHERS[launcher], env=env, cwd=REPO, stdout=log, stderr=log)
     try:
-        yield env, foreground is None
+        yield env
     finally:
-        if foreground is None:
-            amem(env, "project", "stop")
-        else:
-            foreground.send_signal(signal.SIGTERM)
-            assert foreground.wait(90) == 0, (tmp_path / "workers.log").read_text()[-3000:]
+        workers.send_signal(signal.SIGTERM)
+        assert workers.wait(90) == 0, (tmp_path / "workers.log").read_text()[-3000:]
 
 
 def verified(env: dict[str, str]) -> dict[str, int]:
@@ -104,12 +94,12 @@ def verified(env: dict[str, str]) -> dict[str, int]:
 
 @pytest.mark.timeout(600)
 def test_locomo_is_projected_everywhere_embedded_once_and_a_rebuild_embeds_nothing(
-    launched: tuple[dict[str, str], bool],
+    launched: dict[str, str],
 ) -> None:
     """However the workers run, and on one server or a cluster: verify reaches Qdrant's
     local files through the worker that holds them, and the rebuild is done by it."""
-    env, start = launched
-    locomo_projected(env, start=start)
+    env = launched
+    locomo_projected(env, start=False)
     counts = verified(env)
     assert set(counts) >= {"enricher", "postgres", "mongo", "pgvector", "qdrant", "graph"}
     assert set(counts.values()) == {LOCOMO_MESSAGES}
