@@ -54,8 +54,17 @@ async def group_state(
     )
 
 
+WORKER_GONE_S = 30.0
+"""A projector none of whose consumers tried a read this long has no worker running."""
+
+
 async def has_running_worker(
-    redis: aioredis.Redis, projector: str, partitions: int, *, enriched: bool, within_s: float
+    redis: aioredis.Redis,
+    projector: str,
+    partitions: int,
+    *,
+    enriched: bool,
+    within_s: float = WORKER_GONE_S,
 ) -> bool:
     """Whether some consumer of ``projector`` tried a read in the last ``within_s``.
 

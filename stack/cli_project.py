@@ -14,7 +14,7 @@ from rich.table import Table
 from logserver import connect
 from projectors.deadletter import list_dead_letters, retry_dead_letters
 from projectors.enrichment.models import MODELS, check_model
-from projectors.lag import GroupState, group_states, has_running_worker
+from projectors.lag import WORKER_GONE_S, GroupState, group_states, has_running_worker
 from schemas.errors import ConfigurationError
 from stack import rebuilding, worker_pool
 from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
@@ -81,21 +81,15 @@ def _remaining(states: list[GroupState], name: str) -> int:
     return sum((s.lag or 0) + s.pending for s in states if s.projector == name)
 
 
-IDLE_S = 30.0
-"""A projector behind whose consumers have all been idle this long has no worker running."""
-
-
 async def _unconsumed(settings: Settings, names: list[str]) -> list[str]:
-    """Of ``names``, those no worker has read for :data:`IDLE_S`."""
+    """Of ``names``, those no worker has read for :data:`WORKER_GONE_S`."""
     redis = connect(settings.require_redis())
     partitions = settings.runtime.partitions
     try:
         return [
             name
             for name in names
-            if not await has_running_worker(
-                redis, name, partitions, enriched=reads_enriched(name), within_s=IDLE_S
-            )
+            if not await has_running_worker(redis, name, partitions, enriched=reads_enriched(name))
         ]
     finally:
         await redis.aclose()
@@ -112,7 +106,7 @@ def wait(
     settings = Settings.from_env()
     names = list(select(settings, projector))
     deadline = time.monotonic() + timeout
-    idle_check = time.monotonic() + IDLE_S
+    idle_check = time.monotonic() + WORKER_GONE_S
     states = asyncio.run(_states(settings, names))
     with Progress(
         "[progress.description]{task.description}",
@@ -141,9 +135,9 @@ def wait(
                 if stalled := asyncio.run(_unconsumed(settings, behind_names)):
                     raise ConfigurationError(
                         f"no worker runs {', '.join(stalled)} (none has read for"
-                        f" {IDLE_S:.0f} s): start them with `amem project start`"
+                        f" {WORKER_GONE_S:.0f} s): start them with `amem project start`"
                     )
-                idle_check = time.monotonic() + IDLE_S
+                idle_check = time.monotonic() + WORKER_GONE_S
             time.sleep(0.25)
             states = asyncio.run(_states(settings, names))
     if json:
@@ -239,11 +233,11 @@ def rebuild(
 async def _some_worker_reads(
     redis: aioredis.Redis, name: str, partitions: int, *, enriched: bool
 ) -> bool:
-    """Whether a worker runs ``name``: one read in the last :data:`IDLE_S`, or within the
+    """Whether a worker runs ``name``: one read in the last :data:`WORKER_GONE_S`, or within the
     next (a log server just restarted may show every consumer idle for long)."""
-    deadline = time.monotonic() + IDLE_S
+    deadline = time.monotonic() + WORKER_GONE_S
     while True:
-        if await has_running_worker(redis, name, partitions, enriched=enriched, within_s=IDLE_S):
+        if await has_running_worker(redis, name, partitions, enriched=enriched):
             return True
         if time.monotonic() > deadline:
             return False
@@ -264,7 +258,7 @@ async def _blue_green(
         enriched = reads_enriched(name)
         if wait and not await _some_worker_reads(redis, name, partitions, enriched=enriched):
             raise ConfigurationError(
-                f"no worker runs {name} (none has read for {IDLE_S:.0f} s), and the workers"
+                f"no worker runs {name} (none has read for {WORKER_GONE_S:.0f} s), and the workers"
                 f" build the new generation: start them, or pass --no-wait to leave the"
                 " rebuild announced for when they start"
             )

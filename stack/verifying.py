@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import orjson
 
 from logserver import broker, connect
-from projectors.lag import has_running_worker
+from projectors.lag import WORKER_GONE_S, has_running_worker
 from projectors.records import Digest
 from projectors.stores.archive import PostgresArchiveStore
 from rehydrator.erase import Erasure, Residue, purge
@@ -24,8 +24,6 @@ from stack.settings import Settings
 from stack.worker_pool import running
 
 ASK_TIMEOUT_S = 120.0
-OWNER_IDLE_S = 30.0
-"""A worker that has not read for this long is taken for gone (it would not answer)."""
 
 
 async def _from_store(settings: Settings, name: str, tenant_id: str | None) -> Digest:
@@ -56,18 +54,14 @@ async def _from_worker(settings: Settings, name: str, tenant_id: str | None) -> 
     redis = connect(settings.require_redis())
     try:
         answering = await has_running_worker(
-            redis,
-            name,
-            settings.runtime.partitions,
-            enriched=reads_enriched(name),
-            within_s=OWNER_IDLE_S,
+            redis, name, settings.runtime.partitions, enriched=reads_enriched(name)
         )
     finally:
         await redis.aclose()
     if not answering:
         raise ConfigurationError(
             f"{settings.qdrant_path} is held by a process that runs no {name} worker (none"
-            f" has read for {OWNER_IDLE_S:.0f} s): stop it, or start the workers"
+            f" has read for {WORKER_GONE_S:.0f} s): stop it, or start the workers"
         )
     async with broker(settings.require_redis()) as rpc:
         reply = await rpc.request(
