@@ -307,6 +307,10 @@ def env_for(stack_env: dict[str, str]) -> dict[str, str]:
 async def finish(pool: Workers, expected_messages: int | None = None) -> None:
     """Catch up, stop every worker cleanly, and prove every projection equals the log."""
     settings = pool.settings
+    # A worker (re)started just as the log server was killed may have exited during its
+    # start: restarted here, as compose's `restart: unless-stopped` would, or the projector
+    # only it runs (Qdrant in local mode) never catches up.
+    await pool.all_running()
     async with bounded("catching up", CATCH_UP_S, pool):
         await caught_up(settings)
     # A worker restarted just before the end may still be importing, before its SIGTERM

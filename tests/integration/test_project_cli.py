@@ -15,7 +15,7 @@ import pytest
 from stack.settings import Settings
 from tests.conftest import LOCOMO, REPO
 from tests.fault.harness import reset_everything
-from tests.integration.test_cli import amem
+from tests.integration.test_cli import AMEM, amem
 
 LOCOMO_MESSAGES = 2_760
 
@@ -114,3 +114,48 @@ def test_locomo_is_projected_everywhere_embedded_once_and_a_rebuild_embeds_nothi
     assert rebuilt["events_applied"] == 2 * LOCOMO_MESSAGES
     assert verified(env)["qdrant"] == LOCOMO_MESSAGES
     assert embedded(env) == LOCOMO_MESSAGES  # the rebuild embedded nothing
+
+
+HOLD_QDRANT = (
+    "import sys, time; from qdrant_client import QdrantClient;"
+    " client = QdrantClient(path=sys.argv[1]); print('held', flush=True); time.sleep(600)"
+)
+
+
+@pytest.mark.timeout(180)
+def test_without_a_worker_verify_rebuild_and_wait_refuse_in_one_line(
+    fresh: dict[str, str],
+) -> None:
+    """No worker runs (however they would be started): what needs one says so, in one line,
+    instead of waiting for an answer that cannot come."""
+    env = fresh
+    run_ok(env, "import", str(REPO / "examples" / "sample-chat.jsonl"))
+    # Qdrant's local files held by a process that is no worker (as a stray script would).
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_QDRANT, str(Settings.from_env(env).qdrant_path)],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        assert holder.stdout is not None
+        assert holder.stdout.readline() == b"held\n"  # the files are locked now
+        verify = amem(env, "verify", "--projector", "qdrant", "--json")
+        assert verify.returncode != 0
+        assert "runs no qdrant worker" in verify.stdout + verify.stderr, verify
+    finally:
+        holder.kill()
+        holder.communicate()  # reaps it and closes its pipe
+    # Both wait 30 s for a worker to show up: run them side by side.
+    waiting = [
+        subprocess.Popen(
+            [*AMEM, *args], env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for args in (("project", "wait"), ("project", "rebuild", "postgres"))
+    ]
+    for proc, needle in zip(
+        waiting, ("no worker runs enricher", "no worker runs postgres"), strict=True
+    ):
+        out, errors = proc.communicate(timeout=120)
+        assert proc.returncode == 2, (out, errors)
+        lines = [line for line in errors.decode().splitlines() if line.startswith("error:")]
+        assert len(lines) == 1, errors
+        assert needle in lines[0], errors
