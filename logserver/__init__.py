@@ -5,7 +5,7 @@ nodes; every other URL names one server. :func:`connect` gives the client every 
 uses, :func:`broker` the FastStream broker of the workers.
 """
 
-from logserver.client import LogClient, broker, connect, is_cluster
+from logserver.client import broker, connect, is_cluster
 from logserver.url import LogServerUrl
 
-__all__ = ["LogClient", "LogServerUrl", "broker", "connect", "is_cluster"]
+__all__ = ["LogServerUrl", "broker", "connect", "is_cluster"]

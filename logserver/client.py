@@ -18,9 +18,6 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 
 from logserver.url import LogServerUrl
 
-LogClient = aioredis.Redis
-"""The type every package gives the client; a :class:`RedisCluster` for a cluster URL."""
-
 
 def connect(url: str, **options: Any) -> aioredis.Redis:
     """A client of the log server ``url`` names; ``options`` go to redis-py's client."""
