@@ -47,7 +47,8 @@ from schemas.events import Message, MessageAppended
 from schemas.partitioning import partition_for
 from stack.embedded import control
 from stack.embedded.redis_cluster import EmbeddedRedisCluster
-from stack.projections import build_store, reads_enriched, select
+from stack.emptying import reset_everything
+from stack.projections import reads_enriched, select
 from stack.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
@@ -68,24 +69,6 @@ def messages(n: int, prefix: str) -> list[Message]:
         )
         for i in range(n)
     ]
-
-
-async def reset(settings: Settings) -> None:
-    """An empty log (every master of a cluster) and empty stores."""
-    client = connect(settings.require_redis())
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
-    for name in select(settings):
-        if name == "enricher":
-            continue
-        store = build_store(settings, name)
-        await store.start()
-        try:
-            await store.reset()
-        finally:
-            await store.close()
 
 
 def amem(env: dict[str, str], *args: str) -> None:
@@ -136,7 +119,7 @@ async def caught_up(settings: Settings) -> None:
 
 async def pipeline_run(env: dict[str, str], n: int, workers: int) -> dict[str, Any]:
     settings = Settings.from_env(env)
-    await reset(settings)
+    await reset_everything(settings)
     amem(env, "project", "start", "--workers", str(workers))
     try:
         await consumers_ready(settings, workers)

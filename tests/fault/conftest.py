@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from stack.emptying import reset_everything
 from stack.settings import Settings
-from tests.fault.harness import Workers, env_for, reset_everything
+from tests.fault.harness import Workers, env_for
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from rehydrator.verify import Verdict
 from schemas.events import Message
 from stack.embedded import control
 from stack.embedded.state import StackState
-from stack.projections import build_store, reads_enriched, select
+from stack.projections import reads_enriched, select
 from stack.settings import Settings
 from stack.verifying import run_verify
 from stack.workers import WORKER_INDEX_VAR, share
@@ -222,24 +222,6 @@ def _task_stacks() -> str:
             awaited = getattr(awaited, "cr_await", None) or getattr(awaited, "gi_yieldfrom", None)
         out.append("")
     return "\n".join(out)
-
-
-async def reset_everything(settings: Settings) -> None:
-    """An empty log and empty stores, so each fault test proves its own end state."""
-    client = connect(settings.require_redis())
-    try:
-        await client.flushdb()
-    finally:
-        await client.aclose()
-    for name in select(settings):
-        if name == "enricher":
-            continue
-        store = build_store(settings, name)
-        await store.start()
-        try:
-            await store.reset()
-        finally:
-            await store.close()
 
 
 async def flow(

@@ -29,8 +29,9 @@ from schemas.constants import ENTRY_FIELD, log_key
 from schemas.events import Message, MessageAppended
 from stack.embedded.redis_cluster import EmbeddedRedisCluster
 from stack.embedded.state import ServiceRecord
+from stack.emptying import reset_everything
 from stack.settings import Settings
-from tests.fault.harness import Workers, bounded, env_for, finish, reset_everything, traffic
+from tests.fault.harness import Workers, bounded, env_for, finish, traffic
 
 pytestmark = [pytest.mark.fault, pytest.mark.timeout(900)]
 

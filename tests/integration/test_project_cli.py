@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from stack.emptying import reset_everything
 from stack.settings import Settings
 from tests.conftest import LOCOMO, REPO
-from tests.fault.harness import reset_everything
 from tests.integration.test_cli import AMEM, amem
 
 LOCOMO_MESSAGES = 2_760

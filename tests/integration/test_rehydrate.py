@@ -37,11 +37,12 @@ from schemas.events import Message, SessionErased
 from schemas.partitioning import partition_for
 from stack.embedded.redis_server import EmbeddedRedis
 from stack.embedded.state import StackState
+from stack.emptying import reset_everything
 from stack.projections import reads_enriched, select
 from stack.rehydration import open_rehydrator
 from stack.settings import Settings
 from tests.conftest import cluster_pids
-from tests.fault.harness import Workers, caught_up, env_for, reset_everything
+from tests.fault.harness import Workers, caught_up, env_for
 
 TENANT = "acme"
 SESSION = "trip"
