@@ -19,7 +19,8 @@ $(VENV)/.installed: pyproject.toml
 	# torch first, pinned: pip takes the CPU build from this machine's disk; any other
 	# version pulls a multi-GB CUDA build.
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# The agent-facing surfaces' extras too: their tests use the real client libraries.
+	$(PY) -m pip install --quiet -e '.[dev,mcp,agents,langchain]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -158,6 +158,8 @@ def participant(role: str, name: str | None) -> str:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class SessionSummary:
+    """What a store knows of one session as a whole."""
+
     tenant_id: str
     session_id: str
     message_count: int
@@ -174,6 +176,11 @@ class ProjectionStore(Projection):
     @abstractmethod
     async def session(self, tenant_id: str, session_id: str) -> SessionSummary | None:
         """The session's summary, or None when the store holds nothing of it."""
+
+    @abstractmethod
+    async def sessions(self, tenant_id: str, *, limit: int) -> list[SessionSummary]:
+        """The tenant's sessions with a message, the latest active (``last_at``) first, at
+        most ``limit`` of them."""
 
 
 MessageKey = tuple[str, str]

@@ -48,6 +48,7 @@ from projectors.store import (
     Turn,
     VectorSource,
     VectorStore,
+    participant,
 )
 from rehydrator import log_tail
 from rehydrator.call import Call, Pool, merged
@@ -380,13 +381,19 @@ class Rehydrator:
         scope = Scope(session_id=session_id)
         view, recent = await asyncio.gather(
             call.within("log", "redis", lambda: self._read_log(tenant_id, scope, [partition])),
-            self._stores_recent(call, tenant_id, session_id, partition, limit),
+            # The log backwards is a whole answer only within its scan limit: past that, a
+            # long session's history comes from the store alone.
+            self._stores_recent(
+                call,
+                tenant_id,
+                session_id,
+                partition,
+                limit,
+                from_log=limit <= self.settings.log_tail_entries,
+            ),
         )
         if view is None and not any(r.tier == "recent" and r.status == "ok" for r in call.reports):
-            raise HistoryUnavailableError(
-                "neither the history store nor the log answered: "
-                + "; ".join(f"{r.tier}: {r.detail}" for r in call.reports if r.status != "ok")
-            )
+            raise _unavailable("history", call)
         tail = view.tail if view is not None else log_tail.ScopeLog()
         merged = {
             m.message.id: m
@@ -396,6 +403,52 @@ class Rehydrator:
         for m in tail.messages:
             merged.setdefault(m.message.id, m)
         return sorted(merged.values(), key=lambda m: m.position)[-limit:]
+
+    async def sessions(
+        self, tenant_id: str, *, limit: int = 100, deadline_ms: int | None = None
+    ) -> list[SessionSummary]:
+        """The tenant's sessions with a message, the latest active first, read-your-writes
+        included: the session store's summaries, corrected by the log past the history
+        store's watermark (sessions erased there left out, messages appended there counted).
+
+        Raises ``ValidationError`` on a bad tenant and :class:`HistoryUnavailableError` when
+        neither the store nor the log answers.
+        """
+        validate_id("tenant_id", tenant_id)
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        await self._follow_rebuilds()
+        call = self._call((deadline_ms or self.settings.deadline_ms) / 1000)
+        # The history store shares the log tail's watermark: its summaries and the tail
+        # meet without a gap. The session store only stands in for it.
+        store = self._history if isinstance(self._history, ProjectionStore) else self._sessions
+        partitions = list(range(self._partitions))
+
+        async def stored() -> list[SessionSummary]:
+            if store is None:
+                return []
+            # The log may erase some of them: ask for more than will be shown.
+            return await store.sessions(tenant_id, limit=limit * 2)
+
+        view, summaries = await asyncio.gather(
+            call.within("log", "redis", lambda: self._read_log(tenant_id, Scope(), partitions)),
+            call.within("session", store.store if store else None, stored),
+        )
+        if view is None and summaries is None:
+            raise _unavailable("session", call)
+        tail = view.tail if view is not None else log_tail.ScopeLog()
+        found = {
+            s.session_id: s
+            for s in summaries or []
+            if (erased := tail.erased_at(s.session_id)) is None or s.last_position > erased
+        }
+        for m in tail.messages:
+            known = found.get(m.message.session_id)
+            if known is not None and m.position <= known.last_position:
+                continue
+            found[m.message.session_id] = _with(known, m)
+        ranked = sorted(found.values(), key=lambda s: (s.last_at, s.session_id), reverse=True)
+        return ranked[:limit]
 
     def _call(self, deadline_s: float) -> Call:
         tiers = {t: ms / 1000 for t, ms in self.settings.tier_deadline_ms.items()}
@@ -438,7 +491,14 @@ class Rehydrator:
         return await self._stores_recent(call, tenant_id, session_id, partition, limit)
 
     async def _stores_recent(
-        self, call: Call, tenant_id: str, session_id: str, partition: int, limit: int
+        self,
+        call: Call,
+        tenant_id: str,
+        session_id: str,
+        partition: int,
+        limit: int,
+        *,
+        from_log: bool = True,
     ) -> list[StoredMessage]:
         if limit == 0:
             call.skipped("recent", "recent_turns is 0")
@@ -450,7 +510,7 @@ class Rehydrator:
                 (history.store, lambda: history.recent(tenant_id, session_id, limit=limit))
             )
 
-        async def from_log() -> list[StoredMessage]:
+        async def read_log() -> list[StoredMessage]:
             found = await log_tail.latest(
                 self._redis,
                 tenant_id,
@@ -461,7 +521,8 @@ class Rehydrator:
             )
             return found.messages
 
-        reads.append(("log", from_log))
+        if from_log or not reads:
+            reads.append(("log", read_log))
         result, report = await hedged(
             "recent",
             reads,
@@ -713,6 +774,34 @@ class Rehydrator:
         )
         call.reports.append(report)
         return hits or []
+
+
+def _unavailable(store: str, call: Call) -> HistoryUnavailableError:
+    failed = "; ".join(f"{r.tier}: {r.detail}" for r in call.reports if r.status != "ok")
+    return HistoryUnavailableError(f"neither the {store} store nor the log answered: {failed}")
+
+
+def _with(summary: SessionSummary | None, m: StoredMessage) -> SessionSummary:
+    """``summary`` with one more message, read from the log past what the store holds."""
+    at, who = m.message.created_at, participant(m.message.role, m.message.name)
+    if summary is None:
+        return SessionSummary(
+            tenant_id=m.message.tenant_id,
+            session_id=m.message.session_id,
+            message_count=1,
+            participants=frozenset({who}),
+            first_at=at,
+            last_at=at,
+            last_position=m.position,
+        )
+    return replace(
+        summary,
+        message_count=summary.message_count + 1,
+        participants=summary.participants | {who},
+        first_at=min(summary.first_at, at),
+        last_at=max(summary.last_at, at),
+        last_position=max(summary.last_position, m.position),
+    )
 
 
 def _memory_report(

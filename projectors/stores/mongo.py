@@ -353,17 +353,23 @@ class MongoProjectionStore(TombstoneProjection, ProjectionStore):
         doc = await self._sessions.find_one(
             {"_id": session_key(tenant_id, session_id), "tenant_id": tenant_id}
         )
-        if doc is None or not doc.get("messages"):
-            return None
-        return SessionSummary(
-            tenant_id=tenant_id,
-            session_id=session_id,
-            message_count=len(doc["messages"]),
-            participants=frozenset(doc["participants"]),
-            first_at=datetime.fromisoformat(doc["first_at"]),
-            last_at=datetime.fromisoformat(doc["last_at"]),
-            last_position=Position.from_key(doc["last_position"]),
+        return None if doc is None else _summary(doc)
+
+    async def sessions(self, tenant_id: str, *, limit: int) -> list[SessionSummary]:
+        found: list[SessionSummary] = []
+        # A document every message of which was redacted stays, empty: skipped here, so the
+        # query itself takes no limit.
+        cursor = self._sessions.find({"tenant_id": tenant_id}).sort(
+            [("last_at", -1), ("session_id", 1)]
         )
+        async for doc in cursor:
+            summary = _summary(doc)
+            if summary is not None:
+                found.append(summary)
+                if len(found) == limit:
+                    break
+        await cursor.close()
+        return found
 
     async def digest(self, tenant_id: str | None = None) -> Digest:
         query = {} if tenant_id is None else {"tenant_id": tenant_id}
@@ -393,6 +399,20 @@ class MongoProjectionStore(TombstoneProjection, ProjectionStore):
         if self._client is None:
             raise ProjectorError(f"{self.store} store is not started")
         await self._client.drop_database(self._database)
+
+
+def _summary(doc: Document) -> SessionSummary | None:
+    if not doc.get("messages"):
+        return None
+    return SessionSummary(
+        tenant_id=doc["tenant_id"],
+        session_id=doc["session_id"],
+        message_count=len(doc["messages"]),
+        participants=frozenset(doc["participants"]),
+        first_at=datetime.fromisoformat(doc["first_at"]),
+        last_at=datetime.fromisoformat(doc["last_at"]),
+        last_position=Position.from_key(doc["last_position"]),
+    )
 
 
 def _session_update(records: Sequence[Record]) -> UpdateOne:

@@ -430,26 +430,40 @@ class PostgresProjectionStore(PostgresProjection, ProjectionStore, HistoryStore)
         return await self._digest("encode(sha256(convert_to(content, 'UTF8')), 'hex')", tenant_id)
 
     async def session(self, tenant_id: str, session_id: str) -> SessionSummary | None:
-        row = await self._pool.fetchrow(
-            """SELECT count(*) AS n, min(created_at) AS first_at, max(created_at) AS last_at,
+        rows = await self._summaries(tenant_id, "AND session_id = $2", session_id)
+        return rows[0] if rows else None
+
+    async def sessions(self, tenant_id: str, *, limit: int) -> list[SessionSummary]:
+        return await self._summaries(
+            tenant_id, "GROUP BY session_id ORDER BY last_at DESC, session_id LIMIT $2", limit
+        )
+
+    async def _summaries(
+        self, tenant_id: str, rest: str, argument: str | int
+    ) -> list[SessionSummary]:
+        rows = await self._pool.fetch(
+            f"""SELECT min(session_id) AS session_id, count(*) AS n,
+                      min(created_at) AS first_at, max(created_at) AS last_at,
                       array_agg(DISTINCT role || coalesce(':' || name, '')) AS participants,
                       (array_agg(pos_ms ORDER BY pos_ms DESC, pos_seq DESC))[1] AS ms,
                       (array_agg(pos_seq ORDER BY pos_ms DESC, pos_seq DESC))[1] AS seq
-               FROM amem_messages WHERE tenant_id = $1 AND session_id = $2""",
+               FROM amem_messages WHERE tenant_id = $1 {rest}""",
             tenant_id,
-            session_id,
+            argument,
         )
-        if row is None or row["n"] == 0:
-            return None
-        return SessionSummary(
-            tenant_id=tenant_id,
-            session_id=session_id,
-            message_count=row["n"],
-            participants=frozenset(row["participants"]),
-            first_at=row["first_at"],
-            last_at=row["last_at"],
-            last_position=Position(row["ms"], row["seq"]),
-        )
+        return [
+            SessionSummary(
+                tenant_id=tenant_id,
+                session_id=row["session_id"],
+                message_count=row["n"],
+                participants=frozenset(row["participants"]),
+                first_at=row["first_at"],
+                last_at=row["last_at"],
+                last_position=Position(row["ms"], row["seq"]),
+            )
+            for row in rows
+            if row["n"]
+        ]
 
     async def recent(self, tenant_id: str, session_id: str, *, limit: int) -> list[StoredMessage]:
         rows = await self._pool.fetch(

@@ -221,6 +221,28 @@ class ProjectionStoreContract(ProjectionContract):
         assert summary.last_position == records[2].position
 
 
+    async def test_sessions_lists_the_tenants_latest_active_first(
+        self, store: ProjectionStore
+    ) -> None:
+        await store.apply(
+            [
+                *conversation("t1", "old", 3),
+                *conversation("t1", "new", 2, start=10),
+                *conversation("t2", "other", 2, start=20),
+                *conversation("t1", "redacted", 2, start=30),
+                redact("t1", "redacted", "m30", 40),
+                redact("t1", "redacted", "m31", 41),
+                *conversation("t1", "erased", 2, start=50),
+                erase("t1", "erased", 60),
+            ]
+        )
+        listed = await store.sessions("t1", limit=10)
+        assert [(s.session_id, s.message_count) for s in listed] == [("new", 2), ("old", 3)]
+        assert listed[0] == await store.session("t1", "new")
+        assert [s.session_id for s in await store.sessions("t1", limit=1)] == ["new"]
+        assert await store.sessions("t3", limit=10) == []
+
+
 class HistoryStoreContract(ProjectionContract):
     async def observe(self, store: Any, tenant: str, sessions: Sequence[str]) -> object:
         scanned = await store.scan(tenant, scope=WHOLE_TENANT)
