@@ -220,7 +220,6 @@ class ProjectionStoreContract(ProjectionContract):
         assert summary.last_at == records[2].message.message.created_at
         assert summary.last_position == records[2].position
 
-
     async def test_sessions_lists_the_tenants_latest_active_first(
         self, store: ProjectionStore
     ) -> None:
