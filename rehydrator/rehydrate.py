@@ -395,6 +395,25 @@ class Rehydrator:
         if view is None and not any(r.tier == "recent" and r.status == "ok" for r in call.reports):
             raise _unavailable("history", call)
         tail = view.tail if view is not None else log_tail.ScopeLog()
+        if tail.truncated and not _latest_from_log(call, recent, limit):
+            # The projectors are further behind than the scan reaches: the session's newest
+            # messages are past what was scanned. Read them backwards from the log's end.
+            entries = self.settings.log_tail_entries
+            asked = f"last {limit} messages" if limit <= entries else "history"
+            behind = HistoryUnavailableError(
+                f"more than {entries} log entries are past the history store's watermark (the"
+                f" projectors are behind: amem status shows the lag), so the session's {asked}"
+                " cannot be read whole now; retry once they caught up, or raise"
+                " AMEM_REHYDRATE_LOG_TAIL_ENTRIES"
+            )
+            if limit > entries:
+                raise behind
+            newest = await log_tail.latest(
+                self._redis, tenant_id, session_id, partition, limit=limit, max_entries=entries
+            )
+            if newest.truncated:
+                raise behind
+            return newest.messages
         merged = {
             m.message.id: m
             for m in recent
@@ -774,6 +793,15 @@ class Rehydrator:
         )
         call.reports.append(report)
         return hits or []
+
+
+def _latest_from_log(call: Call, recent: Sequence[StoredMessage], limit: int) -> bool:
+    """Whether the recent read came from the log's end and holds ``limit`` messages: then
+    it has the session's newest, whatever a truncated forward scan missed."""
+    from_log = any(
+        r.tier == "recent" and r.store == "log" and r.status == "ok" for r in call.reports
+    )
+    return from_log and len(recent) >= limit
 
 
 def _unavailable(store: str, call: Call) -> HistoryUnavailableError:

@@ -22,6 +22,7 @@ from stack import health, worker_pool
 from stack.cli_common import JsonFlag, err, one_line_errors, out, print_json
 from stack.cli_erase import erase
 from stack.cli_log import log_app
+from stack.cli_mcp import mcp
 from stack.cli_project import dlq_app, project_app, verify
 from stack.cli_rehydrate import rehydrate
 from stack.cli_serve import serve
@@ -37,6 +38,7 @@ app.command()(verify)
 app.command()(erase)
 app.command()(rehydrate)
 app.command()(serve)
+app.command()(mcp)
 
 
 @app.command()

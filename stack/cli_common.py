@@ -10,6 +10,7 @@ from typing import Annotated, Any, ParamSpec, TypeVar
 import orjson
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from schemas.errors import AmemError, ConfigurationError, ValidationError
 
@@ -34,7 +35,8 @@ def one_line_errors(fn: Callable[P, R]) -> Callable[P, R]:
         try:
             return fn(*args, **kwargs)
         except AmemError as exc:
-            err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+            # The text is ours, not markup: "atomic-memory[mcp]" must print as written.
+            err.print(f"[red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True)
             bad_input = isinstance(exc, ValidationError | ConfigurationError)
             raise typer.Exit(2 if bad_input else 1) from None
 

@@ -96,7 +96,7 @@ class AtomicMemoryChatMessageHistory(BaseChatMessageHistory):
 
     ``add_messages`` (``aadd_messages``) appends a call's messages in one all-or-nothing
     append, stamped with ``user_id`` (the person the memory is about); retrying a call that
-    raised, with the same messages on the same history object, appends nothing twice.
+    raised, with the same messages through the same Memory, appends nothing twice.
     ``messages`` (``aget_messages``) reads the whole session in log order, messages not
     projected yet included, each equal to the one added; messages other surfaces appended
     come back as the plain type of their role. ``clear`` (``aclear``) erases the session:
@@ -159,7 +159,9 @@ class AtomicMemoryChatMessageHistory(BaseChatMessageHistory):
         )
 
     def _appended(self, message: BaseMessage) -> Message:
-        content, metadata = pack(message_to_dict(message), KIND)
+        content, metadata = pack(
+            message_to_dict(message), KIND, self._memory.settings.producer.limits
+        )
         return Message(
             tenant_id=self.tenant_id,
             session_id=self.session_id,

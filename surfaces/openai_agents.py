@@ -52,7 +52,7 @@ class AtomicMemorySession:
     """The Agents SDK's ``Session`` protocol on one session of the log.
 
     ``add_items`` appends the items in one all-or-nothing append; retrying a call that
-    raised, with the same items on the same session object, appends nothing twice.
+    raised, with the same items through the same Memory, appends nothing twice.
     ``get_items`` reads the latest items in order (read-your-writes: those not projected
     yet included), ``pop_item`` redacts the last item, and ``clear_session`` erases the
     session from every store (with ``erase_wait_s``, waits for the proof).
@@ -139,7 +139,7 @@ class AtomicMemorySession:
         if not isinstance(item, dict):
             raise ValidationError("item", f"must be a JSON object, got {type(item).__name__}")
         original = cast(dict[str, Any], item)
-        content, metadata = pack(original, KIND)
+        content, metadata = pack(original, KIND, self._memory.settings.producer.limits)
         name = original.get("name") if original.get("type") in _NAMED else None
         return Message(
             tenant_id=self.tenant_id,

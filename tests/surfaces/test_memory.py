@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 
 import pytest
 
+from rehydrator.errors import HistoryUnavailableError
 from schemas.errors import ConfigurationError
 from schemas.events import Message
+from stack.settings import Settings
 from surfaces.memory import Memory
 
 
@@ -31,3 +34,18 @@ async def test_sessions_are_listed_latest_first_as_soon_as_appended(memory: Memo
 async def test_a_blocking_call_on_the_memorys_own_loop_is_refused(memory: Memory) -> None:
     with pytest.raises(ConfigurationError, match="async variant"):
         memory.blocking(lambda: memory.sessions("nobody"))
+
+
+async def test_a_history_past_the_log_scan_limit_is_refused_not_cut(settings: Settings) -> None:
+    """No projector ran and the log past the history store's watermark is longer than the
+    scan limit: a whole history cannot be read, and saying so beats returning part of it;
+    the latest few messages still can be."""
+    tight = replace(settings, rehydrate=replace(settings.rehydrate, log_tail_entries=50))
+    tenant = f"t-{uuid.uuid4().hex[:8]}"
+    async with Memory.open(tight) as memory:
+        await memory.remember([said(tenant, "long", f"turn {i}") for i in range(1200)])
+        with pytest.raises(HistoryUnavailableError, match="more than 50 log entries"):
+            await memory.read(tenant, "long")
+        # The newest few are read backwards from the log's end, whatever the lag.
+        newest = await memory.read(tenant, "long", limit=10)
+        assert [m.message.content for m in newest] == [f"turn {i}" for i in range(1190, 1200)]

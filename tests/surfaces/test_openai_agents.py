@@ -3,9 +3,14 @@ kind of item it stores, retries, and a ``Runner`` run with the SDK's scripted mo
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+import threading
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
-from typing import Any, cast
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, ClassVar, cast
 
 import pytest
 from agents import Agent, RunConfig, Runner, function_tool
@@ -18,6 +23,8 @@ from schemas.errors import ValidationError
 from schemas.events import Message
 from surfaces.memory import Memory
 from surfaces.openai_agents import AtomicMemorySession
+from tests.conftest import REPO
+from tests.surfaces.snippets import code_blocks
 
 BIG = "lorem ipsum " * 9_000  # ~105 KB: a tool output far over the metadata limit
 
@@ -320,3 +327,99 @@ async def test_a_runner_uses_it_as_its_session_across_two_turns(memory: Memory) 
     assert last.input == stored[:5]
     context = await session.recall("weather", budget_tokens=400)
     assert any("Sunny in Lisbon" in item.text for item in context.items)
+
+
+async def test_an_item_over_the_content_limit_is_refused_whole(memory: Memory) -> None:
+    session = session_of(memory)
+    huge = {"id": "ig_2", "type": "image_generation_call", "result": "A" * 300_000}
+    with pytest.raises(ValidationError, match=r"content.*limit"):
+        await session.add_items(items([{"role": "user", "content": "draw"}, huge]))
+    assert await session.get_items() == []
+
+
+class ResponsesStandIn(BaseHTTPRequestHandler):
+    """The OpenAI Responses API as far as a text answer goes: each request is recorded, and
+    the answer names the turn it answers."""
+
+    requests: ClassVar[list[dict[str, Any]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests.append(body)
+        text = f"Answer {len(self.requests)}."
+        answer = {
+            "id": f"resp_{len(self.requests)}",
+            "object": "response",
+            "created_at": 0,
+            "model": body.get("model", "stand-in"),
+            "status": "completed",
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "output": [
+                {
+                    "id": f"msg_{len(self.requests)}",
+                    "type": "message",
+                    "role": "assistant",
+                    "status": "completed",
+                    "content": [{"type": "output_text", "text": text, "annotations": []}],
+                }
+            ],
+            "usage": {
+                "input_tokens": 1,
+                "output_tokens": 1,
+                "total_tokens": 2,
+                "input_tokens_details": {"cached_tokens": 0},
+                "output_tokens_details": {"reasoning_tokens": 0},
+            },
+        }
+        payload = json.dumps(answer).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(payload)))
+        self.end_headers()
+        self.wfile.write(payload)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def responses_api() -> Iterator[str]:
+    ResponsesStandIn.requests.clear()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), ResponsesStandIn)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_port}/v1"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def said_to_the_model(request: dict[str, Any]) -> str:
+    return json.dumps([request.get("instructions"), request.get("input")])
+
+
+def test_the_guides_examples_run_as_written(stack_env: dict[str, str], responses_api: str) -> None:
+    first, second = code_blocks("docs/openai-agents.md", "python")
+    (readme,) = [b for b in code_blocks("README.md", "python") if "surfaces." in b]
+    env = {
+        **stack_env,
+        "OPENAI_API_KEY": "sk-test-no-network",
+        "OPENAI_BASE_URL": responses_api,
+        "OPENAI_AGENTS_DISABLE_TRACING": "1",
+    }
+    for block in (first, second, readme):
+        ran = subprocess.run(
+            [sys.executable, "-c", block], env=env, cwd=REPO, capture_output=True, text=True
+        )
+        assert ran.returncode == 0, ran.stderr
+    calls = ResponsesStandIn.requests
+    assert len(calls) == 4
+    # The second turn replays the first from the log; the long-session example replays
+    # the last 10 items and recalls the rest into its instructions.
+    assert "I want to visit Lisbon in May." in said_to_the_model(calls[1])
+    assert "Lisbon" in str(calls[2]["instructions"])
+    assert "Book a hotel for that month." in said_to_the_model(calls[2])
+    assert "I'd like to see Lisbon in May." in said_to_the_model(calls[3])
