@@ -24,6 +24,7 @@ from schemas.events import Message
 from surfaces.memory import Memory
 from surfaces.openai_agents import AtomicMemorySession
 from tests.conftest import REPO
+from tests.surfaces.conftest import DEADLINE_MS
 from tests.surfaces.snippets import code_blocks
 
 BIG = "lorem ipsum " * 9_000  # ~105 KB: a tool output far over the metadata limit
@@ -409,6 +410,7 @@ def test_the_guides_examples_run_as_written(stack_env: dict[str, str], responses
         "OPENAI_API_KEY": "sk-test-no-network",
         "OPENAI_BASE_URL": responses_api,
         "OPENAI_AGENTS_DISABLE_TRACING": "1",
+        "AMEM_REHYDRATE_DEADLINE_MS": str(DEADLINE_MS),
     }
     for block in (first, second, readme):
         ran = subprocess.run(
