@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from projectors.position import Position
+from projectors.store import StoredMessage
 from schemas.events import Message
 
 TierStatus = Literal["ok", "timeout", "error", "skipped"]
@@ -49,6 +50,11 @@ def message_json(m: Message) -> dict[str, Any]:
         "created_at": m.created_at.isoformat(),
         "metadata": dict(m.metadata),
     }
+
+
+def stored_json(s: StoredMessage) -> dict[str, Any]:
+    """A message read back, as JSON: its own fields and where it is in the log."""
+    return {**message_json(s.message), "partition": s.partition, "position": str(s.position)}
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

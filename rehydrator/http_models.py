@@ -8,11 +8,12 @@ would refuse gets past either.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field, JsonValue
 
 from rehydrator.rehydrate import MAX_BUDGET
+from schemas.events import Message
 from schemas.limits import DEFAULT_LIMITS, ID_ALPHABET, ID_PATTERN
 
 MAX_MESSAGES = 1000
@@ -95,6 +96,27 @@ class MessageIn(_Strict):
         default=None, description="RFC 3339 with a timezone. Default: when the server took it."
     )
     metadata: Metadata = Field(default_factory=dict)
+
+    def message(self, tenant_id: str, session_id: str) -> Message:
+        """The message to append; fields left out take the message's own defaults (a new
+        id, the time now)."""
+        optional: dict[str, Any] = {}
+        if self.id is not None:
+            optional["id"] = self.id
+        if self.created_at is not None:
+            optional["created_at"] = self.created_at
+        return Message(
+            tenant_id=tenant_id,
+            session_id=session_id,
+            role=self.role,
+            content=self.content,
+            name=self.name,
+            parent_id=self.parent_id,
+            agent_id=self.agent_id,
+            user_id=self.user_id,
+            metadata=self.metadata,
+            **optional,
+        )
 
 
 class AppendIn(_Strict):

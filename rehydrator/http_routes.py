@@ -18,8 +18,7 @@ from starlette.responses import Response
 
 from producer import Producer
 from projectors.position import Position
-from projectors.store import StoredMessage
-from rehydrator.context import message_json
+from rehydrator.context import stored_json
 from rehydrator.erase import Erasure, wait_and_purge
 from rehydrator.http_keys import ApiKeys
 from rehydrator.http_models import (
@@ -35,13 +34,12 @@ from rehydrator.http_models import (
     ErrorOut,
     HealthOut,
     HistoryOut,
-    MessageIn,
     RehydrateIn,
     ServiceOut,
 )
 from rehydrator.http_paths import CONVERTOR
 from rehydrator.rehydrate import Rehydrator
-from schemas.events import Message, SessionErased
+from schemas.events import SessionErased
 from schemas.limits import DEFAULT_LIMITS
 from schemas.validation import validate_content
 
@@ -129,30 +127,6 @@ def _json(content: object, status: int = 200) -> Response:
     return Response(orjson.dumps(content), status_code=status, media_type="application/json")
 
 
-def _message(tenant_id: str, session_id: str, m: MessageIn) -> Message:
-    optional: dict[str, Any] = {}
-    if m.id is not None:
-        optional["id"] = m.id
-    if m.created_at is not None:
-        optional["created_at"] = m.created_at
-    return Message(
-        tenant_id=tenant_id,
-        session_id=session_id,
-        role=m.role,
-        content=m.content,
-        name=m.name,
-        parent_id=m.parent_id,
-        agent_id=m.agent_id,
-        user_id=m.user_id,
-        metadata=m.metadata,
-        **optional,
-    )
-
-
-def _stored(s: StoredMessage) -> dict[str, Any]:
-    return {**message_json(s.message), "partition": s.partition, "position": str(s.position)}
-
-
 class HealthCache:
     """The last health answer, reused for :data:`HEALTH_TTL_S`, one check at a time."""
 
@@ -234,7 +208,7 @@ async def append(
     Acknowledged means in the log: readable at once through this API, projected into the
     stores asynchronously.
     """
-    messages = [_message(tenant_id, session_id, m) for m in body.messages]
+    messages = [m.message(tenant_id, session_id) for m in body.messages]
     results = await services.producer.append_many(messages)
     return AppendOut(
         messages=[
@@ -295,7 +269,7 @@ async def messages(
     found = await services.rehydrator.history(
         tenant_id, session_id, limit=limit, deadline_ms=HISTORY_DEADLINE_MS
     )
-    return _json({"messages": [_stored(s) for s in found]})
+    return _json({"messages": [stored_json(s) for s in found]})
 
 
 @v1.delete(

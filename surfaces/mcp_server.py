@@ -22,14 +22,13 @@ from pydantic import Field
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from projectors.store import SessionSummary, StoredMessage
+from projectors.store import SessionSummary
 from rehydrator.context import Context as Rehydrated
-from rehydrator.context import message_json
+from rehydrator.context import stored_json
 from rehydrator.http_keys import ApiKeys
 from rehydrator.http_models import ID_REGEX, ID_RULE, MAX_HISTORY, MAX_MESSAGES, MessageIn
 from rehydrator.rehydrate import MAX_BUDGET, ScopeName
 from schemas.errors import AmemError
-from schemas.events import Message
 from schemas.limits import DEFAULT_LIMITS
 from schemas.validation import validate_content
 from surfaces.memory import Memory
@@ -169,7 +168,7 @@ def build_server(
         message its id, where it is in the log, and whether it was a duplicate.
         """
         memory, tenant = opened(ctx)
-        batch = [_message(tenant, session_id, m) for m in messages]
+        batch = [m.message(tenant, session_id) for m in messages]
         results = await memory.remember(batch)
         return {
             "messages": [
@@ -225,7 +224,7 @@ def build_server(
         """
         memory, tenant = opened(ctx)
         found = await memory.read(tenant, session_id, limit=limit)
-        return {"session_id": session_id, "messages": [_stored(s) for s in found]}
+        return {"session_id": session_id, "messages": [stored_json(s) for s in found]}
 
     @server.tool(annotations=ToolAnnotations(read_only_hint=True))
     async def list_sessions(ctx: MemoryContext, limit: SessionLimit = 100) -> dict[str, Any]:
@@ -262,12 +261,6 @@ def build_server(
     return server
 
 
-def _message(tenant_id: str, session_id: str, m: MessageIn) -> Message:
-    # Fields left out take the message's own defaults (a new id, the time now).
-    given = m.model_dump(exclude_none=True)
-    return Message(tenant_id=tenant_id, session_id=session_id, **given)
-
-
 def _recalled(context: Rehydrated) -> dict[str, Any]:
     # The model needs the text and where each turn came from; the tier timings and
     # watermarks of the HTTP API's answer are operators' detail.
@@ -286,10 +279,6 @@ def _recalled(context: Rehydrated) -> dict[str, Any]:
         "from_log_tail",
     )
     return {key: full[key] for key in kept}
-
-
-def _stored(s: StoredMessage) -> dict[str, Any]:
-    return {**message_json(s.message), "partition": s.partition, "position": str(s.position)}
 
 
 def _summary(s: SessionSummary) -> dict[str, Any]:

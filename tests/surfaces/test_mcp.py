@@ -322,20 +322,29 @@ def test_stdout_carries_the_protocol_and_nothing_else(env: dict[str, str]) -> No
         {"jsonrpc": "2.0", "method": "notifications/initialized"},
         {"jsonrpc": "2.0", "id": 2, "method": "tools/list"},
     ]
-    result = subprocess.run(
-        [*AMEM, "mcp"],  # stdin closes after the last request: the server then exits
-        input="".join(json.dumps(m) + "\n" for m in said),
-        env=env,
-        capture_output=True,
+    server = subprocess.Popen(
+        [*AMEM, "mcp"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
-        timeout=60,
-        check=False,
+        env=env,
         cwd=REPO,
     )
-    answers = [json.loads(line) for line in result.stdout.splitlines()]
-    assert [a.get("id") for a in answers] == [1, 2], result.stderr
+    assert server.stdin is not None
+    assert server.stdout is not None
+    try:
+        server.stdin.write("".join(json.dumps(m) + "\n" for m in said))
+        server.stdin.flush()
+        # Every line until both answers must be JSON-RPC; stdin stays open till then (the
+        # server stops reading, and may drop a request in hand, once it closes).
+        answers = [json.loads(server.stdout.readline()) for _ in range(2)]
+    finally:
+        rest, stderr = server.communicate(timeout=60)  # closes stdin: the server exits
+    assert [a.get("id") for a in answers] == [1, 2], stderr
+    assert rest == "", rest  # nothing else on stdout either, up to the exit
     assert {t["name"] for t in answers[1]["result"]["tools"]} == TOOLS
-    assert "MCP over stdio: every call is tenant 'default'" in result.stderr
+    assert "MCP over stdio: every call is tenant 'default'" in stderr
 
 
 def test_refuses_a_public_bind_without_keys(env: dict[str, str]) -> None:
