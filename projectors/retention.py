@@ -5,7 +5,8 @@ An entry leaves a stream only when it is below every bound at once:
 - every consumer group's acknowledged position on that stream: its oldest pending entry,
   or just past its last delivered entry when nothing is pending;
 - the archive's position: the enriched stream is held by the ``archive`` group itself,
-  and the log by the log entry of the first enriched entry the archive has not stored;
+  and the log by the least log entry named by an enriched entry the archive has not
+  stored (the enriched stream is not in log order: a reclaimed entry is enriched late);
 - the hot window (:class:`RetainWindow`): the newest ``count`` entries and those younger
   than ``age_s`` stay.
 
@@ -50,7 +51,8 @@ if TYPE_CHECKING:
     from projectors.settings import RuntimeSettings
 
 # KEYS: log stream, enriched stream. ARGV: enricher group, archive group, window bound of
-# the log, of the enriched stream ('' = no window bound), dry run (1/0).
+# the log, of the enriched stream ('' = no window bound), dry run (1/0), most unarchived
+# enriched entries read (more: the log is not trimmed this time).
 # Returns per stream (log, then enriched): bound ('' = nothing may go), what set it, and
 # how many entries were deleted.
 TRIM_LUA = """
@@ -98,11 +100,16 @@ if lb ~= nil then
   if eb == nil then
     lb, lh = nil, eh
   else
-    -- The first enriched entry the archive lacks names the first log entry it lacks.
-    local first = redis.call('XRANGE', KEYS[2], fmt(eb), '+', 'COUNT', 1)
-    if #first > 0 then
-      local archived = parse(field(first[1][2], 'src'))
-      if less(archived, lb) then lb, lh = archived, ARGV[2] end
+    -- The enriched entries the archive lacks name the log entries it lacks. Not in log
+    -- order (a reclaimed entry is enriched late): the log is bound by the least of them.
+    local unarchived = redis.call('XRANGE', KEYS[2], fmt(eb), '+', 'COUNT', ARGV[6])
+    if #unarchived >= tonumber(ARGV[6]) then
+      lb, lh = nil, 'archive lag'
+    else
+      for _, entry in ipairs(unarchived) do
+        local archived = parse(field(entry[2], 'src'))
+        if less(archived, lb) then lb, lh = archived, ARGV[2] end
+      end
     end
   end
 end
@@ -110,6 +117,11 @@ local out = trim(KEYS[1], lb, lh, ARGV[3])
 for _, v in ipairs(trim(KEYS[2], eb, eh, ARGV[4])) do out[#out + 1] = v end
 return out
 """
+
+UNARCHIVED_READ = 10_000
+"""Enriched entries past the archive's position read per trim for the least log position
+they name; an archive further behind than this leaves the log untrimmed until it catches
+up."""
 
 _WINDOW_PART = re.compile(r"^(count|age)=(\d+)([smhd]?)$")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -195,7 +207,13 @@ async def trim(
             list[bytes],
             await script(
                 keys=keys,
-                args=[group_name(ENRICHER), group_name(ARCHIVE), *windows, int(dry_run)],
+                args=[
+                    group_name(ENRICHER),
+                    group_name(ARCHIVE),
+                    *windows,
+                    int(dry_run),
+                    UNARCHIVED_READ,
+                ],
             ),
         )
         streams = []

@@ -46,13 +46,19 @@ async def append(
     return results[0].partition
 
 
-async def enrich(redis: aioredis.Redis, partition: int) -> dict[bytes, bytes]:
+async def enrich(
+    redis: aioredis.Redis, partition: int, *, late: int | None = None
+) -> dict[bytes, bytes]:
     """Forward every log entry to the enriched stream as the enricher does (it acks them
-    all); returns log id → enriched id."""
+    all), the ``late``-th last (as an entry reclaimed from a killed worker); returns log id
+    → enriched id."""
     await redis.xgroup_create(log_key(partition), group_name(ENRICHER), id="0", mkstream=True)
     entries = cast(Entries, await redis.xrange(log_key(partition)))
     ids: dict[bytes, bytes] = {}
-    for entry_id, fields in entries:
+    forwarded = list(entries)
+    if late is not None:
+        forwarded.append(forwarded.pop(late))
+    for entry_id, fields in forwarded:
         raw = fields[b"event"]
         message = (VECTOR, 1, "hello", "m") if b"message.appended" in raw else None
         ids[entry_id] = cast(
@@ -134,6 +140,24 @@ async def test_the_archive_bounds_the_log_by_what_it_has_not_stored(
     done = await trimmed(redis_client, partition, RetainWindow(count=0))
     assert done.log.held_by == "amem:archive"
     assert await ids_of(redis_client, log_key(partition)) == logged[12:]
+
+
+async def test_an_entry_enriched_late_holds_the_log_until_archived(
+    redis_client: aioredis.Redis, producer: Producer
+) -> None:
+    """The enriched stream is not in log order: the log entry of one enriched after the
+    others stays until the archive has it (else a rebuild replaying meanwhile, from the
+    stream and the archive, would miss it)."""
+    partition = await append(producer, "s", 30)
+    await enrich(redis_client, partition, late=5)
+    await consume(redis_client, enriched_key(partition), ARCHIVE, read=12, ack=12)
+    logged = await ids_of(redis_client, log_key(partition))
+    done = await trimmed(redis_client, partition, RetainWindow(count=0))
+    assert done.log.held_by == "amem:archive"
+    assert await ids_of(redis_client, log_key(partition)) == logged[5:]
+    await consume(redis_client, enriched_key(partition), ARCHIVE, read=18, ack=18)
+    await trimmed(redis_client, partition, RetainWindow(count=0))
+    assert await ids_of(redis_client, log_key(partition)) == []
 
 
 async def test_without_the_archive_group_nothing_is_trimmed(
